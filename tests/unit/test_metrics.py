@@ -1,0 +1,61 @@
+import pytest
+
+from workers.metrics import encode, line, result_lines, sanitize
+
+PREFIXES = {"download": "bandwidth.download", "upload": "bandwidth.upload"}
+
+
+def _result(**directions):
+    return {"name": "cluster-a", **directions}
+
+
+def test_good_result_writes_the_original_lines_with_integer_bps():
+    lines = result_lines(_result(
+        download={"status": "ok", "bits_per_second": 6069361000.4, "start": 1647326050.7},
+        upload={"status": "ok", "bits_per_second": 4474268000.0, "start": 1647326054.2}),
+        PREFIXES, "bandwidth.status", "bandwidth.detail")
+    assert "bandwidth.download.cluster-a 6069361000 1647326050" in lines
+    assert "bandwidth.upload.cluster-a 4474268000 1647326054" in lines
+    assert "bandwidth.status.cluster-a.download 0 1647326050" in lines
+
+
+def test_failed_direction_writes_status_only_never_zero():
+    lines = result_lines(_result(
+        download={"status": "failed", "reason": "unreachable", "start": 100.0}),
+        PREFIXES, "bandwidth.status", "bandwidth.detail")
+    assert lines == ["bandwidth.status.cluster-a.download 2 100"]
+
+
+def test_details_go_under_their_own_prefix():
+    lines = result_lines(_result(download={
+        "status": "ok", "bits_per_second": 1e6, "start": 5, "retransmits": 3,
+        "cpu_local_percent": 12.5, "jitter_ms": None}),
+        PREFIXES, "bandwidth.status", "bandwidth.detail")
+    assert "bandwidth.detail.cluster-a.download.retransmits 3 5" in lines
+    assert "bandwidth.detail.cluster-a.download.cpu_local_percent 12.5 5" in lines
+    assert not any("jitter" in entry for entry in lines)
+
+
+@pytest.mark.parametrize("raw, clean", [
+    ("cluster-a", "cluster-a"), ("192.168.1.1", "192_168_1_1"), ("fd00::1", "fd00__1"),
+    ("a b\nc", "a_b_c"), ("", "_"), ("nø.de", "n__de"),
+])
+def test_sanitize(raw, clean):
+    assert sanitize(raw) == clean
+
+
+def test_name_with_dots_and_spaces_stays_one_component():
+    lines = result_lines({"name": "10.0.0.1 evil\n", "download": {
+        "status": "ok", "bits_per_second": 1, "start": 1}}, PREFIXES, "s", "d")
+    assert lines[0] == "bandwidth.download.10_0_0_1_evil_ 1 1"
+
+
+def test_line_refuses_nan_and_bool():
+    with pytest.raises(ValueError):
+        line("a", float("nan"), 1)
+    with pytest.raises(ValueError):
+        line("a", True, 1)
+
+
+def test_encode_is_newline_terminated_ascii():
+    assert encode(["a 1 2", "b 3 4"]) == b"a 1 2\nb 3 4\n"

@@ -1,0 +1,378 @@
+"""Configuration: read from the environment (python-decouple, so `.env` / `settings.ini` in the
+working directory work too), validated once, at process start — never at import.
+
+A bad value raises ConfigError, whose text is one line naming the variable and what is wrong;
+entry points turn it into that line on stderr and a non-zero exit (see `exit_on_error`).
+"""
+from __future__ import annotations
+
+import os
+import re
+import socket
+import sys
+from dataclasses import dataclass, field, fields
+from typing import Callable, Mapping
+from urllib.parse import quote, urlsplit, urlunsplit
+
+from workers import defaults
+from workers.hosts import validate_target
+from workers.measurement import PROTOCOLS, TOOLS
+
+PREFIX = "CBANDWIDTH_"
+SCHEDULES = ("star", "aggregate")
+DIRECTION_CHOICES = ("both", "download", "upload")
+_PATH_PREFIX = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
+_NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,252}$")
+_RATE = re.compile(r"^(\d+(?:\.\d+)?)([kKmMgG]?)$")
+_TRUE = {"1", "true", "yes", "on", "y", "t"}
+_FALSE = {"0", "false", "no", "off", "n", "f", ""}
+
+
+class ConfigError(ValueError):
+    """A setting is missing or invalid. str() is the one line shown to the user."""
+
+    def __init__(self, variable: str, problem: str):
+        super().__init__(f"{variable}: {problem}")
+        self.variable = variable
+
+
+@dataclass(frozen=True)
+class Target:
+    """A static test target from CBANDWIDTH_PERF_SERVERS: where to connect and what to call it."""
+
+    address: str   # IP literal (IPv6 without brackets) or DNS name
+    name: str      # the metric name; the address when none was given, as in the original
+
+
+@dataclass(frozen=True)
+class Settings:
+    redis_url: str = defaults.REDIS_URL
+    node_name: str = ""
+    node_address: str | None = None
+    perf_servers: tuple[Target, ...] = ()
+    iperf3_port: int = defaults.IPERF3_PORT
+    iperf2_port: int = defaults.IPERF2_PORT
+    netperf_port: int = defaults.NETPERF_PORT
+    poll_interval_s: int = defaults.POLL_INTERVAL
+    poll_length_s: int = defaults.POLL_LENGTH
+    download_prefix: str = defaults.DOWNLOAD_PREFIX
+    upload_prefix: str = defaults.UPLOAD_PREFIX
+    status_prefix: str = defaults.STATUS_PREFIX
+    detail_prefix: str = defaults.DETAIL_PREFIX
+    graphite_address: str | None = None
+    graphite_port: int = defaults.GRAPHITE_PORT
+    parallel: int = defaults.IPERF_PARALLEL
+    netperf: bool = False
+    tool: str = "iperf3"
+    protocol: str = "tcp"
+    udp_bandwidth_bps: int = defaults.UDP_BANDWIDTH
+    directions: tuple[str, ...] = ("download", "upload")
+    schedule: str = "star"
+    timeout_margin_s: int = defaults.TIMEOUT_MARGIN
+    max_attempts: int = defaults.MAX_ATTEMPTS
+    carbon_timeout_s: float = defaults.CARBON_TIMEOUT
+    visibility_timeout_s: int = defaults.VISIBILITY_TIMEOUT
+    heartbeat_interval_s: int = defaults.HEARTBEAT_INTERVAL
+    debug: bool = False
+    sources: dict[str, str] = field(default_factory=dict, compare=False)
+
+    def port_for(self, tool: str) -> int:
+        return {"iperf3": self.iperf3_port, "iperf2": self.iperf2_port,
+                "netperf": self.netperf_port}[tool]
+
+    @property
+    def node_queue(self) -> str:
+        return f"node.{self.node_name}"
+
+    def describe(self) -> list[tuple[str, str]]:
+        """(setting, value) pairs for `cloud-bandwidth config`, secrets masked."""
+        rows = []
+        for f in fields(self):
+            if f.name == "sources":
+                continue
+            value = getattr(self, f.name)
+            if f.name == "redis_url":
+                value = mask_url(value)
+            elif f.name == "perf_servers":
+                value = ",".join(f"{t.address}:{t.name}" for t in value) or "(none)"
+            elif isinstance(value, tuple):
+                value = ",".join(value)
+            rows.append((f.name, "" if value is None else str(value)))
+        return rows
+
+
+def mask_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url
+
+
+# --- reading -------------------------------------------------------------------------------
+
+
+class _Reader:
+    """Looks variables up in an explicit mapping (tests) or through python-decouple."""
+
+    def __init__(self, environ: Mapping[str, str] | None):
+        if environ is not None:
+            self._get: Callable[[str], str | None] = lambda name: environ.get(name)
+        else:
+            from decouple import AutoConfig
+
+            # search_path: decouple would otherwise look for .env beside this module, not
+            # where the operator runs the command.
+            auto = AutoConfig(search_path=os.getcwd())
+            self._get = lambda name: auto(name, default=None)
+        self.seen: dict[str, str] = {}
+
+    def raw(self, name: str) -> str | None:
+        value = self._get(name)
+        if value is not None:
+            value = str(value).strip()
+            self.seen[name] = value
+        return value
+
+
+def _int(reader: _Reader, name: str, default: int, low: int, high: int) -> int:
+    raw = reader.raw(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(name, f"must be a whole number, got {raw!r}") from None
+    if not low <= value <= high:
+        raise ConfigError(name, f"must be between {low} and {high}, got {value}")
+    return value
+
+
+def _float(reader: _Reader, name: str, default: float, low: float, high: float) -> float:
+    raw = reader.raw(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(name, f"must be a number, got {raw!r}") from None
+    if not low <= value <= high:
+        raise ConfigError(name, f"must be between {low:g} and {high:g}, got {raw}")
+    return value
+
+
+def _bool(reader: _Reader, name: str, default: bool) -> bool:
+    raw = reader.raw(name)
+    if raw is None:
+        return default
+    if raw.lower() in _TRUE:
+        return True
+    if raw.lower() in _FALSE:
+        return False
+    raise ConfigError(name, f"must be true or false, got {raw!r}")
+
+
+def _choice(reader: _Reader, name: str, default: str, choices: tuple[str, ...]) -> str:
+    raw = reader.raw(name)
+    if raw is None or raw == "":
+        return default
+    value = raw.lower()
+    if value not in choices:
+        raise ConfigError(name, f"must be one of {', '.join(choices)}, got {raw!r}")
+    return value
+
+
+def _prefix(reader: _Reader, name: str, default: str) -> str:
+    raw = reader.raw(name)
+    if raw is None or raw == "":
+        return default
+    if not _PATH_PREFIX.match(raw):
+        raise ConfigError(name, "must be dot-separated parts of letters, digits, '_' and '-', "
+                                f"got {raw!r}")
+    return raw
+
+
+def _port(reader: _Reader, name: str, default: int) -> int:
+    return _int(reader, name, default, 1, 65535)
+
+
+def parse_rate(text: str) -> int:
+    """'100M' → 100_000_000 bits per second (k/M/G are powers of 1000, as in iperf)."""
+    match = _RATE.match(text.strip())
+    if not match:
+        raise ValueError(f"not a rate like 500M or 1G: {text!r}")
+    number, unit = match.groups()
+    scale = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9}[unit.lower()]
+    value = int(float(number) * scale)
+    if value <= 0:
+        raise ValueError(f"rate must be positive: {text!r}")
+    return value
+
+
+def parse_targets(text: str) -> tuple[Target, ...]:
+    """Parse `addr[:name],…` as the original did; IPv6 addresses go in brackets
+    (`[fd00::1]:name`), a bare IPv6 literal without a name is accepted too.
+
+    Raises ValueError naming the bad entry.
+    """
+    targets = []
+    for entry in (part.strip() for part in text.split(",")):
+        if not entry:
+            raise ValueError("empty entry (stray comma?)")
+        if entry.startswith("["):
+            close = entry.find("]")
+            if close < 0:
+                raise ValueError(f"unclosed '[' in {entry!r}")
+            address, rest = entry[1:close], entry[close + 1:]
+            if rest and not rest.startswith(":"):
+                raise ValueError(f"expected ':name' after ']' in {entry!r}")
+            name = rest[1:]
+        elif entry.count(":") >= 2:
+            address, name = entry, ""       # a bare IPv6 literal; validated below
+        else:
+            address, _, name = entry.partition(":")
+        try:
+            address = validate_target(address)
+        except ValueError as exc:
+            raise ValueError(f"bad address in {entry!r}: {exc}") from None
+        name = name.strip()
+        targets.append(Target(address=address, name=name or address))
+    return tuple(targets)
+
+
+def _redis_url(reader: _Reader) -> str:
+    name = PREFIX + "REDIS_URL"
+    url = reader.raw(name) or defaults.REDIS_URL
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss", "unix") or (parts.scheme != "unix"
+                                                           and not parts.hostname):
+        raise ConfigError(name, f"must look like redis://[:password@]host:port/db or "
+                                f"rediss://… for TLS, got {mask_url(url)!r}")
+    try:
+        parts.port
+    except ValueError:
+        raise ConfigError(name, f"bad port in {mask_url(url)!r}") from None
+    password = reader.raw(PREFIX + "REDIS_PASSWORD")
+    if password:
+        # Kept out of the URL so it can come from a Kubernetes secret on its own.
+        host = parts.netloc.rpartition("@")[2]
+        user = parts.username or ""
+        parts = parts._replace(netloc=f"{quote(user, safe='')}:{quote(password, safe='')}@{host}")
+        url = urlunsplit(parts)
+    return url
+
+
+def load(environ: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate every setting. Raises ConfigError on the first bad one."""
+    r = _Reader(environ)
+    p = PREFIX
+
+    netperf = _bool(r, p + "NETPERF", False)
+    tool = _choice(r, p + "TOOL", "netperf" if netperf else "iperf3", TOOLS)
+    if netperf and tool != "netperf":
+        raise ConfigError(p + "TOOL", f"is {tool!r} but CBANDWIDTH_NETPERF is true")
+
+    raw_servers = r.raw(p + "PERF_SERVERS") or ""
+    try:
+        perf_servers = parse_targets(raw_servers) if raw_servers else ()
+    except ValueError as exc:
+        raise ConfigError(p + "PERF_SERVERS", str(exc)) from None
+
+    node_name = r.raw("NODE_NAME") or socket.gethostname()
+    if not _NODE_NAME.match(node_name):
+        raise ConfigError("NODE_NAME", "must be letters, digits, '.', '_' or '-' "
+                                       f"(it names the node's queue), got {node_name!r}")
+    node_address = r.raw(p + "NODE_ADDRESS") or None
+    if node_address:
+        try:
+            node_address = validate_target(node_address)
+        except ValueError as exc:
+            raise ConfigError(p + "NODE_ADDRESS", str(exc)) from None
+
+    # CBANDWIDTH_GRAPHITE_* are the clear names; the original's GRAFANA_* name the same
+    # carbon receiver and are honoured when the clear ones are absent.
+    graphite_address = r.raw(p + "GRAPHITE_ADDRESS") or r.raw(p + "GRAFANA_ADDRESS") or None
+    address_var = p + ("GRAPHITE_ADDRESS" if r.raw(p + "GRAPHITE_ADDRESS") else "GRAFANA_ADDRESS")
+    if graphite_address:
+        try:
+            graphite_address = validate_target(graphite_address)
+        except ValueError as exc:
+            raise ConfigError(address_var, str(exc)) from None
+    port_var = p + ("GRAPHITE_PORT" if r.raw(p + "GRAPHITE_PORT") else "GRAFANA_PORT")
+    graphite_port = _port(r, port_var, defaults.GRAPHITE_PORT)
+
+    raw_udp = r.raw(p + "UDP_BANDWIDTH")
+    try:
+        udp_bandwidth = parse_rate(raw_udp) if raw_udp else defaults.UDP_BANDWIDTH
+    except ValueError as exc:
+        raise ConfigError(p + "UDP_BANDWIDTH", str(exc)) from None
+
+    # The original measured only the download direction with netperf.
+    directions = _choice(r, p + "DIRECTIONS", "download" if tool == "netperf" else "both",
+                         DIRECTION_CHOICES)
+    # Scenario 1 of the original (netperf / iperf2 collectors accept concurrent clients) is
+    # the aggregate schedule; Scenario 2 (iperf3 servers polled in turn) is star.
+    schedule = _choice(r, p + "SCHEDULE", "star" if tool == "iperf3" else "aggregate",
+                       SCHEDULES)
+
+    length = _int(r, p + "POLL_LENGTH", defaults.POLL_LENGTH, 1, 3600)
+    margin = _int(r, p + "TIMEOUT_MARGIN", defaults.TIMEOUT_MARGIN, 1, 600)
+    visibility = _int(r, p + "VISIBILITY_TIMEOUT", defaults.VISIBILITY_TIMEOUT, 60, 7 * 86400)
+    longest_task = 2 * (length + margin) + 60
+    if visibility <= longest_task:
+        raise ConfigError(p + "VISIBILITY_TIMEOUT",
+                          f"must exceed the longest test ({longest_task} s for "
+                          f"CBANDWIDTH_POLL_LENGTH={length}), got {visibility}")
+
+    return Settings(
+        redis_url=_redis_url(r),
+        node_name=node_name,
+        node_address=node_address,
+        perf_servers=perf_servers,
+        iperf3_port=_port(r, p + "PERF_SERVER_PORT", defaults.IPERF3_PORT),
+        iperf2_port=_port(r, p + "IPERF2_PORT", defaults.IPERF2_PORT),
+        netperf_port=_port(r, p + "NETPERF_PORT", defaults.NETPERF_PORT),
+        poll_interval_s=_int(r, p + "POLL_INTERVAL", defaults.POLL_INTERVAL, 1, 7 * 86400),
+        poll_length_s=length,
+        download_prefix=_prefix(r, p + "DOWNLOAD_PREFIX", defaults.DOWNLOAD_PREFIX),
+        upload_prefix=_prefix(r, p + "UPLOAD_PREFIX", defaults.UPLOAD_PREFIX),
+        status_prefix=_prefix(r, p + "STATUS_PREFIX", defaults.STATUS_PREFIX),
+        detail_prefix=_prefix(r, p + "DETAIL_PREFIX", defaults.DETAIL_PREFIX),
+        graphite_address=graphite_address,
+        graphite_port=graphite_port,
+        parallel=_int(r, p + "IPERF_PARALLEL", defaults.IPERF_PARALLEL, 1, 128),
+        netperf=netperf,
+        tool=tool,
+        protocol=_choice(r, p + "PROTOCOL", "tcp", PROTOCOLS),
+        udp_bandwidth_bps=udp_bandwidth,
+        directions=("download", "upload") if directions == "both" else (directions,),
+        schedule=schedule,
+        timeout_margin_s=margin,
+        max_attempts=_int(r, p + "MAX_ATTEMPTS", defaults.MAX_ATTEMPTS, 1, 100),
+        carbon_timeout_s=_float(r, p + "CARBON_TIMEOUT", defaults.CARBON_TIMEOUT, 0.1, 300),
+        visibility_timeout_s=visibility,
+        heartbeat_interval_s=_int(r, p + "HEARTBEAT_INTERVAL", defaults.HEARTBEAT_INTERVAL,
+                                  1, 3600),
+        debug=_bool(r, p + "DEBUG", False),
+        sources=dict(r.seen),
+    )
+
+
+_settings: Settings | None = None
+
+
+def get() -> Settings:
+    """The process's settings, loaded on first use and kept (the process reads them once)."""
+    global _settings
+    if _settings is None:
+        _settings = load()
+    return _settings
+
+
+def exit_on_error(action: Callable[[], Settings] = get) -> Settings:
+    """Run `action`; on ConfigError print its one line to stderr and exit with status 2."""
+    try:
+        return action()
+    except ConfigError as exc:
+        print(f"cloud-bandwidth: configuration error: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None

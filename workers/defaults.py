@@ -1,0 +1,68 @@
+"""Every default setting in one place, each with its unit.
+
+The first block keeps the original tool's defaults (seed/kubernetes-deployment.md) so that its
+configurations mean the same thing here.
+"""
+
+POLL_INTERVAL = 300
+"""Seconds between the starts of two measurement cycles (CBANDWIDTH_POLL_INTERVAL)."""
+
+POLL_LENGTH = 5
+"""Seconds each direction of a test runs (CBANDWIDTH_POLL_LENGTH)."""
+
+DOWNLOAD_PREFIX = "bandwidth.download"
+"""Graphite path prefix of the test without -R, the original's "download"."""
+
+UPLOAD_PREFIX = "bandwidth.upload"
+"""Graphite path prefix of the test with -R, the original's "upload"."""
+
+STATUS_PREFIX = "bandwidth.status"
+"""Graphite path prefix of the status series: 0 = measured, otherwise a reason code."""
+
+DETAIL_PREFIX = "bandwidth.detail"
+"""Graphite path prefix of what a tool reports beside throughput (retransmits, CPU, jitter)."""
+
+IPERF3_PORT = 5201
+"""TCP port of the iperf3 servers (CBANDWIDTH_PERF_SERVER_PORT, as in the original)."""
+
+IPERF2_PORT = 5001
+"""TCP/UDP port of the iperf2 servers (CBANDWIDTH_IPERF2_PORT)."""
+
+NETPERF_PORT = 12865
+"""Control port of netserver (CBANDWIDTH_NETPERF_PORT). The original ignored
+CBANDWIDTH_PERF_SERVER_PORT for netperf and always used this port; so do we."""
+
+GRAPHITE_PORT = 2003
+"""Carbon plaintext receiver port (CBANDWIDTH_GRAPHITE_PORT / CBANDWIDTH_GRAFANA_PORT)."""
+
+IPERF_PARALLEL = 1
+"""Parallel streams per test (CBANDWIDTH_IPERF_PARALLEL)."""
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+"""Broker, result backend, locks and registry (CBANDWIDTH_REDIS_URL)."""
+
+UDP_BANDWIDTH = 1_000_000_000
+"""Offered load of a UDP test in bits per second (CBANDWIDTH_UDP_BANDWIDTH)."""
+
+TIMEOUT_MARGIN = 10
+"""Seconds a tool may run past the test length before it is killed (CBANDWIDTH_TIMEOUT_MARGIN)."""
+
+MAX_ATTEMPTS = 3
+"""Times one test may be started before it is given up as abandoned: a worker that dies mid-test
+gets its message back (acks_late), and Celery would requeue it forever."""
+
+CARBON_TIMEOUT = 5
+"""Seconds for connecting to carbon and for one send (CBANDWIDTH_CARBON_TIMEOUT)."""
+
+VISIBILITY_TIMEOUT = 900
+"""Seconds an unacknowledged message stays with the worker that fetched it before Redis hands it
+to another one (CBANDWIDTH_VISIBILITY_TIMEOUT). Must exceed the longest task."""
+
+HEARTBEAT_INTERVAL = 10
+"""Seconds between a node agent's registry heartbeats; an entry lives three of them."""
+
+RESULTS_QUEUE = "results"
+"""Queue of the result handler."""
+
+SHARED_QUEUE = "nodes"
+"""Queue every node agent consumes: a task sent without --queue runs on any node."""

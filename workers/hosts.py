@@ -1,0 +1,105 @@
+"""Checking test targets before they reach a tool's command line.
+
+A target comes from configuration or from a request, and ends up as one element of a tool's
+argument list. It is never given to a shell, but a value such as ``-oFoo`` would still be read
+as an option, and ``10.0.0.1 ; rm`` or ``host\\n`` are never intended. So a target must be
+exactly one of: an IPv4 literal, an IPv6 literal (optionally in brackets), or a DNS host name.
+"""
+from __future__ import annotations
+
+import ipaddress
+import re
+import socket
+
+__all__ = ["validate_target", "ip_version"]
+
+#: Longest DNS name in its text form, without a trailing dot (RFC 1035 2.3.4 / RFC 1123 2.1).
+MAX_NAME_LENGTH = 253
+
+# One RFC 1123 label: letters, digits and hyphens, 1..63 characters, no hyphen at either end.
+# `\Z`, not `$`: `$` would also match before a trailing newline.
+_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\Z")
+
+
+def validate_target(text: str) -> str:
+    """Return ``text`` as a safe target: an IP literal or a DNS name; raise ValueError otherwise.
+
+    IPv6 literals may come in brackets (``[::1]``); they are returned without them, and IP
+    literals in their canonical form (``::1``, ``10.0.0.1``). DNS names are returned as given
+    (one trailing dot, the DNS root, is allowed and kept).
+
+    Rejected, among others: empty text, any whitespace or control character, shell
+    metacharacters, ``host:port``, IPv6 zone ids (``fe80::1%eth0``: iperf3 reads ``%`` as a
+    device name), labels over 63 characters, names over 253 characters, and names a resolver
+    would silently read as an IPv4 address (``127.1``, ``0x7f000001``, ``1.2.3``).
+    """
+    if not isinstance(text, str):
+        raise ValueError(f"not an IP address or DNS name: {text!r} (not a string)")
+    if not text:
+        raise ValueError("not an IP address or DNS name: empty target")
+
+    inner = text[1:-1] if text.startswith("[") and text.endswith("]") else None
+    if inner is not None:
+        address = _ip_literal(inner)
+        if address is None or address.version != 6:
+            raise ValueError(f"not an IP address or DNS name: {text!r} "
+                             "(brackets are only for IPv6 literals)")
+        return str(address)
+
+    address = _ip_literal(text)
+    if address is not None:
+        return str(address)
+    if "%" in text and ":" in text:
+        raise ValueError(f"not an IP address or DNS name: {text!r} "
+                         "(IPv6 zone ids are not supported)")
+    _check_dns_name(text)
+    return text
+
+
+def ip_version(target: str) -> int | None:
+    """4 or 6 if ``target`` is an IP literal (brackets allowed), None for a DNS name."""
+    inner = target[1:-1] if target.startswith("[") and target.endswith("]") else target
+    address = _ip_literal(inner)
+    return None if address is None else address.version
+
+
+def _ip_literal(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address ``text`` spells, or None. Scoped IPv6 addresses (``%zone``) count as None."""
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if getattr(address, "scope_id", None):
+        return None
+    return address
+
+
+def _check_dns_name(text: str) -> None:
+    """Raise ValueError unless ``text`` is an RFC 1123 host name that is not an IPv4 in disguise."""
+    name = text[:-1] if text.endswith(".") else text
+    if not name or len(name) > MAX_NAME_LENGTH:
+        raise ValueError(f"not an IP address or DNS name: {_shorten(text)!r} "
+                         f"(a DNS name has 1 to {MAX_NAME_LENGTH} characters)")
+    labels = name.split(".")
+    for label in labels:
+        if not _LABEL.match(label):
+            raise ValueError(f"not an IP address or DNS name: {_shorten(text)!r} "
+                             f"(bad label {_shorten(label)!r})")
+    # getaddrinfo() hands all-numeric forms to inet_aton(), which reads "127.1" or "0x7f000001"
+    # as IPv4 addresses. Such text is not a name; ipaddress (strict) already said it is not an
+    # address either, so refuse the ambiguity. A numeric top-level label is never a real name.
+    if labels[-1].isdigit() or _inet_aton_accepts(name):
+        raise ValueError(f"not an IP address or DNS name: {text!r} "
+                         "(reads as a non-standard IPv4 address)")
+
+
+def _inet_aton_accepts(text: str) -> bool:
+    try:
+        socket.inet_aton(text)
+    except OSError:
+        return False
+    return True
+
+
+def _shorten(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."

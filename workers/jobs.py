@@ -1,0 +1,192 @@
+"""What `tasks.measure` does, as plain functions: validate a request, run its directions, and
+shape the JSON result. No Celery here; the task wires these to the broker.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Mapping
+
+from workers import config
+from workers.hosts import validate_target
+from workers.measurement import DIRECTIONS, PROTOCOLS, TOOLS, DirectionResult, Reason, TestSpec
+
+log = logging.getLogger(__name__)
+
+OPTIONS = ("target", "name", "tool", "port", "length", "parallel", "protocol", "directions",
+           "udp_bandwidth", "cycle", "bind_address")
+"""The keyword arguments `tasks.measure` accepts; anything else is a bad request."""
+
+
+class BadRequest(ValueError):
+    """An ad-hoc request that cannot run. Its text says which argument and why."""
+
+
+@dataclass(frozen=True)
+class Request:
+    target: str
+    name: str
+    tool: str
+    port: int
+    length_s: int
+    parallel: int
+    protocol: str
+    directions: tuple[str, ...]
+    udp_bandwidth_bps: int
+    bind_address: str | None = None
+    cycle: str | None = None
+
+    def spec(self, direction: str, timeout_margin_s: float) -> TestSpec:
+        return TestSpec(tool=self.tool, target=self.target, port=self.port,
+                        length_s=self.length_s, reverse=direction == "upload",
+                        protocol=self.protocol, parallel=self.parallel,
+                        udp_bandwidth_bps=self.udp_bandwidth_bps,
+                        timeout_margin_s=timeout_margin_s, bind_address=self.bind_address)
+
+
+def _whole(options: Mapping[str, Any], key: str, default: int, low: int, high: int) -> int:
+    value = options.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise BadRequest(f"{key} must be a whole number, got {value!r}")
+    try:
+        number = int(value)
+    except ValueError:
+        raise BadRequest(f"{key} must be a whole number, got {value!r}") from None
+    if not low <= number <= high:
+        raise BadRequest(f"{key} must be between {low} and {high}, got {number}")
+    return number
+
+
+def parse_request(options: Mapping[str, Any], settings: config.Settings) -> Request:
+    """Check a request's keyword arguments against OPTIONS and the settings' defaults."""
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise BadRequest(f"unknown argument(s) {', '.join(unknown)}; "
+                         f"accepted: {', '.join(OPTIONS)}")
+    raw_target = options.get("target")
+    if not isinstance(raw_target, str) or not raw_target:
+        raise BadRequest("target is required: an IP address or DNS name")
+    try:
+        target = validate_target(raw_target)
+    except ValueError as exc:
+        raise BadRequest(f"target: {exc}") from None
+    name = options.get("name") or target
+    if not isinstance(name, str) or len(name) > 200:
+        raise BadRequest(f"name must be a short string, got {name!r}")
+
+    tool = options.get("tool") or settings.tool
+    if tool not in TOOLS:
+        raise BadRequest(f"tool must be one of {', '.join(TOOLS)}, got {tool!r}")
+    protocol = options.get("protocol") or settings.protocol
+    if protocol not in PROTOCOLS:
+        raise BadRequest(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+
+    directions = options.get("directions")
+    if directions is None:
+        directions = settings.directions
+    elif directions == "both":
+        directions = DIRECTIONS
+    elif isinstance(directions, str):
+        directions = (directions,)
+    if (not isinstance(directions, (list, tuple)) or not directions
+            or any(d not in DIRECTIONS for d in directions)):
+        raise BadRequest(f"directions must be download, upload or both, got {directions!r}")
+
+    udp = options.get("udp_bandwidth")
+    if udp is None:
+        udp_bps = settings.udp_bandwidth_bps
+    else:
+        try:
+            udp_bps = config.parse_rate(str(udp))
+        except ValueError as exc:
+            raise BadRequest(f"udp_bandwidth: {exc}") from None
+
+    bind = options.get("bind_address")
+    if bind is not None:
+        try:
+            bind = validate_target(str(bind))
+        except ValueError as exc:
+            raise BadRequest(f"bind_address: {exc}") from None
+    cycle = options.get("cycle")
+    if cycle is not None and not isinstance(cycle, str):
+        raise BadRequest("cycle must be a string")
+
+    return Request(
+        target=target, name=name, tool=tool,
+        port=_whole(options, "port", settings.port_for(tool), 1, 65535),
+        length_s=_whole(options, "length", settings.poll_length_s, 1, 3600),
+        parallel=_whole(options, "parallel", settings.parallel, 1, 128),
+        protocol=protocol,
+        directions=tuple(dict.fromkeys(directions)),
+        udp_bandwidth_bps=udp_bps, bind_address=bind, cycle=cycle,
+    )
+
+
+def overall_status(directions: list[DirectionResult]) -> str:
+    """ok when every direction measured, failed when none did, partial otherwise."""
+    good = sum(1 for d in directions if d.ok)
+    if good == len(directions):
+        return "ok"
+    return "failed" if good == 0 else "partial"
+
+
+def describe(direction: str, request: Request, node: str, outcome: DirectionResult) -> str:
+    where = f"{direction} {node} -> {request.target} [{request.name}] ({request.tool})"
+    if outcome.ok:
+        return f"{where}: {outcome.bits_per_second / 1e6:.1f} Mbit/s"
+    return f"{where}: FAILED {outcome.reason}: {outcome.error or 'no detail'}"
+
+
+def measure(request: Request, settings: config.Settings,
+            run: Callable[[TestSpec], DirectionResult]) -> dict[str, Any]:
+    """Run the request's directions one after the other (download first, as the original) and
+    return the JSON result: status, and per direction an object with bits_per_second."""
+    outcomes: dict[str, DirectionResult] = {}
+    for direction in DIRECTIONS:
+        if direction not in request.directions:
+            continue
+        outcome = run(request.spec(direction, settings.timeout_margin_s))
+        outcomes[direction] = outcome
+        text = describe(direction, request, settings.node_name, outcome)
+        (log.info if outcome.ok else log.warning)(text)
+    return build_result(request, settings, outcomes)
+
+
+def build_result(request: Request, settings: config.Settings,
+                 outcomes: dict[str, DirectionResult]) -> dict[str, Any]:
+    ordered = list(outcomes.values())
+    result: dict[str, Any] = {
+        "status": overall_status(ordered),
+        "node": settings.node_name,
+        "target": request.target,
+        "name": request.name,
+        "tool": request.tool,
+        "protocol": request.protocol,
+        "port": request.port,
+        "parallel": request.parallel,
+        "length": request.length_s,
+        "start": min(o.start for o in ordered),
+        "end": max(o.end for o in ordered),
+    }
+    if request.cycle:
+        result["cycle"] = request.cycle
+    for direction, outcome in outcomes.items():
+        result[direction] = outcome.to_dict()
+    return result
+
+
+def abandoned(request: Request, settings: config.Settings, attempts: int) -> dict[str, Any]:
+    """The result of a test whose worker died more often than allowed: status data, no rate."""
+    now = time.time()
+    message = (f"the worker running this test died {attempts - 1} times; "
+               f"giving up after CBANDWIDTH_MAX_ATTEMPTS={settings.max_attempts}")
+    outcomes = {d: DirectionResult.failed(Reason.ABANDONED, message, now, now)
+                for d in DIRECTIONS if d in request.directions}
+    return build_result(request, settings, outcomes)
+
+
+def request_summary(request: Request) -> dict[str, Any]:
+    return {k: v for k, v in asdict(request).items() if v is not None}
