@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -16,14 +17,10 @@ from beat import cycles
 
 log = logging.getLogger(__name__)
 
-PUBLISH_RETRY_MAX_S = 30
-"""Longest pause between two tries to reach carbon. Kept far below the visibility timeout: a
-countdown longer than it would have the message re-delivered in a loop (kombu on Redis)."""
-
-
 @app.task(name="tasks.measure", bind=True, throws=(jobs.BadRequest,))
-def measure(self, **options: Any) -> dict[str, Any]:
-    """Measure bandwidth from this node to `target`; returns the JSON result.
+def measure(self, **options: Any) -> str:
+    """Measure bandwidth from this node to `target`; returns the result as JSON text, so that
+    `celery result <id>` prints JSON (it prints a dict as Python's repr) and pipes into jq.
 
     Keyword arguments: see workers.jobs.OPTIONS. A bad request fails this task with a clear
     BadRequest and the worker keeps serving.
@@ -36,7 +33,7 @@ def measure(self, **options: Any) -> dict[str, Any]:
     previous = ledger.handed_over(redis, task_id)
     if previous is not None:
         log.info("test %s was measured and handed over before this worker restarted", task_id)
-        return previous
+        return json.dumps(previous)
 
     attempt = ledger.start_attempt(redis, task_id)
     if attempt > settings.max_attempts:
@@ -50,7 +47,7 @@ def measure(self, **options: Any) -> dict[str, Any]:
     ledger.mark_handed_over(redis, task_id, result)
     if request.cycle:
         cycles.job_done(redis, request.cycle)
-    return result
+    return json.dumps(result)
 
 
 @app.task(name="tasks.publish", bind=True, max_retries=None, acks_late=True)
@@ -62,7 +59,7 @@ def publish(self, result: dict[str, Any]) -> int:
     try:
         carbon_client(settings).send(metrics.encode(lines))
     except CarbonUnavailable as exc:
-        delay = min(2 ** self.request.retries, PUBLISH_RETRY_MAX_S)
+        delay = min(2 ** self.request.retries, settings.carbon_retry_max_s)
         log.warning("carbon unavailable (%s); result %s kept, retrying in %ss",
                     exc, result.get("task_id"), delay)
         raise self.retry(countdown=delay, exc=exc)

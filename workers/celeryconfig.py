@@ -3,7 +3,7 @@
 Celery imports this module lazily when the app is first configured (process start of every
 `celery -A workers …` command), so a bad setting exits there with one line, not a traceback.
 """
-from kombu import Queue
+from kombu import Exchange, Queue
 
 from workers import config, defaults
 
@@ -22,7 +22,16 @@ result_accept_content = ["json"]
 # A node agent consumes its own queue and the shared one, without -Q. Only these two are listed
 # here: `-Q results` replaces the list for the result handler, and a node agent never takes a
 # results message by accident.
-task_queues = (Queue(_settings.node_queue), Queue(defaults.SHARED_QUEUE))
+
+
+def _own_exchange(name: str) -> Queue:
+    # Each queue gets an exchange and routing key of its own name. Left to Celery, every listed
+    # queue would be bound to the default exchange with the default routing key, and a message
+    # for the shared queue would be copied into every node queue too.
+    return Queue(name, Exchange(name, type="direct"), routing_key=name)
+
+
+task_queues = (_own_exchange(_settings.node_queue), _own_exchange(defaults.SHARED_QUEUE))
 task_default_queue = defaults.SHARED_QUEUE
 task_routes = {"tasks.publish": {"queue": defaults.RESULTS_QUEUE}}
 task_create_missing_queues = True

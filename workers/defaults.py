@@ -54,6 +54,12 @@ gets its message back (acks_late), and Celery would requeue it forever."""
 CARBON_TIMEOUT = 5
 """Seconds for connecting to carbon and for one send (CBANDWIDTH_CARBON_TIMEOUT)."""
 
+CARBON_RETRY_MAX = 30
+"""Longest pause in seconds between two tries to deliver a result while carbon is unreachable
+(CBANDWIDTH_CARBON_RETRY_MAX). The pause doubles from 1 s up to this. Kept far below the
+visibility timeout: a countdown longer than it would have the message re-delivered in a loop
+(kombu on Redis)."""
+
 VISIBILITY_TIMEOUT = 900
 """Seconds an unacknowledged message stays with the worker that fetched it before Redis hands it
 to another one (CBANDWIDTH_VISIBILITY_TIMEOUT). Must exceed the longest task."""

@@ -173,6 +173,10 @@ def build_result(request: Request, settings: config.Settings,
     }
     if request.cycle:
         result["cycle"] = request.cycle
+    # The measuring node's prefixes name the series, as the original poller's did: the seed's
+    # DaemonSet sets CBANDWIDTH_DOWNLOAD_PREFIX on the pollers.
+    result["prefixes"] = {"download": settings.download_prefix,
+                          "upload": settings.upload_prefix}
     for direction, outcome in outcomes.items():
         result[direction] = outcome.to_dict()
     return result

@@ -18,6 +18,7 @@ from typing import Any, Iterable
 from workers.measurement import STATUS_CODES, Reason
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+_PREFIX = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
 
 DETAIL_FIELDS = ("retransmits", "cpu_local_percent", "cpu_remote_percent", "jitter_ms",
                  "lost_percent", "sender_bits_per_second")
@@ -73,10 +74,17 @@ def result_lines(result: dict[str, Any], prefixes: dict[str, str], status_prefix
 
 
 def lines_for(result: dict[str, Any], settings: Any) -> list[str]:
-    """result_lines with the prefixes of the running process's settings."""
+    """result_lines with the throughput prefixes the measuring node stamped into the result
+    (falling back to this process's), and this process's status and detail prefixes."""
+    prefixes = {"download": settings.download_prefix, "upload": settings.upload_prefix}
+    stamped = result.get("prefixes") or {}
+    for direction in prefixes:
+        value = stamped.get(direction)
+        if isinstance(value, str) and _PREFIX.match(value):
+            prefixes[direction] = value
     return result_lines(
         result,
-        {"download": settings.download_prefix, "upload": settings.upload_prefix},
+        prefixes,
         settings.status_prefix,
         settings.detail_prefix,
     )

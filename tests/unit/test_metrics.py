@@ -59,3 +59,16 @@ def test_line_refuses_nan_and_bool():
 
 def test_encode_is_newline_terminated_ascii():
     assert encode(["a 1 2", "b 3 4"]) == b"a 1 2\nb 3 4\n"
+
+
+def test_prefixes_stamped_by_the_measuring_node_win_and_bad_ones_are_ignored():
+    from workers.config import load
+    from workers.metrics import lines_for
+
+    settings = load({})
+    result = {"name": "n", "prefixes": {"download": "bandwidth.netperf", "upload": "x y"},
+              "download": {"status": "ok", "bits_per_second": 8, "start": 1},
+              "upload": {"status": "ok", "bits_per_second": 9, "start": 2}}
+    lines = lines_for(result, settings)
+    assert "bandwidth.netperf.n 8 1" in lines
+    assert "bandwidth.upload.n 9 2" in lines

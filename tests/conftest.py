@@ -1,0 +1,57 @@
+"""Shared fixtures: a started lab with cloud-bandwidth's processes on it.
+
+The lab needs root and system tools. Without them a test skips with the reason, except in CI
+(CI=true), where everything must be installed and a missing piece is a failure.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable, Iterator
+
+import pytest
+
+from lab import Lab, ci_strict
+
+
+def skip_or_fail(problems: list[str]) -> None:
+    """Skip the test for these missing prerequisites, or fail it in CI."""
+    if problems:
+        reason = "lab unavailable: " + "; ".join(problems)
+        if ci_strict():
+            pytest.fail(f"{reason} (CI=true: the CI setup must install these)")
+        pytest.skip(reason)
+
+
+def start_lab(**kwargs) -> Lab:
+    lab = Lab(**kwargs)
+    skip_or_fail(lab.preflight())
+    return lab.start()
+
+
+def wait_until(predicate: Callable[[], object], timeout: float, interval: float = 0.25,
+               what: str = "condition") -> object:
+    """Poll `predicate` until it returns something truthy (bounded); fail with `what`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+@pytest.fixture
+def make_lab() -> Iterator[Callable[..., Lab]]:
+    """Factory: ``make_lab(**Lab kwargs)`` starts a Lab (after checking its prerequisites) and
+    closes it when the test ends, whatever happened."""
+    labs: list[Lab] = []
+
+    def factory(**kwargs) -> Lab:
+        lab = start_lab(**kwargs)
+        labs.append(lab)
+        return lab
+
+    yield factory
+    for lab in reversed(labs):
+        lab.close()
