@@ -1,9 +1,9 @@
 """Cycle planning as plain functions: which tests a cycle runs, from which node, in what order.
 
 - star (the original's Scenario 2): one poller tests every CBANDWIDTH_PERF_SERVERS target in
-  turn, download then upload. The jobs run as a chain on the shared queue, so they run one
-  after another whichever node agent picks each up: two of them never reach one iperf3 server
-  at once.
+  turn, download then upload. The jobs run as a chain, so they run one after another: two of
+  them never reach one iperf3 server at once. The chain runs on CBANDWIDTH_POLLER's queue when
+  that is set, else on the shared queue (whichever node agent is free).
 - aggregate (the original's Scenario 1): every registered node agent tests the collector(s) at
   the same moment; each series is named for the node that measured, as the original's
   `$CBANDWIDTH_PERF_SERVERS:$NODE_NAME` did.
@@ -41,7 +41,8 @@ def _job_seconds(settings: Settings) -> float:
 
 
 def star(settings: Settings) -> Plan:
-    jobs = tuple(Job(SHARED_QUEUE, {"target": t.address, "name": t.name})
+    queue = f"node.{settings.poller}" if settings.poller else SHARED_QUEUE
+    jobs = tuple(Job(queue, {"target": t.address, "name": t.name})
                  for t in settings.perf_servers)
     return Plan("star", jobs, serial=True, expected_s=len(jobs) * _job_seconds(settings))
 

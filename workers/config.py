@@ -68,6 +68,7 @@ class Settings:
     udp_bandwidth_bps: int = defaults.UDP_BANDWIDTH
     directions: tuple[str, ...] = ("download", "upload")
     schedule: str = "star"
+    poller: str | None = None
     timeout_margin_s: int = defaults.TIMEOUT_MARGIN
     max_attempts: int = defaults.MAX_ATTEMPTS
     carbon_timeout_s: float = defaults.CARBON_TIMEOUT
@@ -325,6 +326,10 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
                           f"must exceed the longest test ({longest_task} s for "
                           f"CBANDWIDTH_POLL_LENGTH={length}), got {visibility}")
 
+    poller = r.raw(p + "POLLER") or None
+    if poller and not _NODE_NAME.match(poller):
+        raise ConfigError(p + "POLLER", f"must be a node name, got {poller!r}")
+
     return Settings(
         redis_url=_redis_url(r),
         node_name=node_name,
@@ -348,6 +353,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         udp_bandwidth_bps=udp_bandwidth,
         directions=("download", "upload") if directions == "both" else (directions,),
         schedule=schedule,
+        poller=poller,
         timeout_margin_s=margin,
         max_attempts=_int(r, p + "MAX_ATTEMPTS", defaults.MAX_ATTEMPTS, 1, 100),
         carbon_timeout_s=_float(r, p + "CARBON_TIMEOUT", defaults.CARBON_TIMEOUT, 0.1, 300),

@@ -13,7 +13,7 @@ import pytest
 
 from lab import Lab, expected_tcp_goodput_mbit
 
-from .conftest import skip_or_fail
+from tests.conftest import skip_or_fail
 
 pytestmark = pytest.mark.lab
 

@@ -14,7 +14,7 @@ import pytest
 
 from lab import Lab, cleanup_stale
 
-from .conftest import skip_or_fail
+from tests.conftest import skip_or_fail
 
 pytestmark = pytest.mark.lab
 

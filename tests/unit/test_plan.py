@@ -32,3 +32,8 @@ def test_aggregate_with_two_collectors_keeps_series_apart():
 
 def test_no_targets_plans_nothing():
     assert star(load({})).jobs == ()
+
+
+def test_star_runs_on_the_chosen_poller_queue():
+    s = load({"CBANDWIDTH_PERF_SERVERS": "10.0.0.1:a", "CBANDWIDTH_POLLER": "h1"})
+    assert [j.queue for j in star(s).jobs] == ["node.h1"]
