@@ -1,14 +1,22 @@
-"""Cycle bookkeeping in Redis: one cycle at a time, and only one beat emits it.
+"""Cycle execution in Redis: one cycle at a time, only one beat emits it, and each job is sent
+the moment the jobs it waits for have finished.
 
 `begin` takes the cycle guard with SET NX: a second beat (a rolling update, a mistake) and a
 cycle still running when the next is due both find it taken, so nothing is emitted twice and
-nothing piles up; the skip is counted. Each job reports `job_done`; the last one releases the
-guard (a Lua script, so the count and the release are one step). The guard has a TTL, so jobs
-that never report (a node that vanished) cannot block monitoring for longer than that.
+nothing piles up; the skip is counted. The plan's jobs are stored with their dependencies
+(a job waits for the previous job of each of its nodes), and `begin` returns the jobs that wait
+for nothing. Each finished job calls `advance` (a Lua script: count, release successors, end
+the cycle), whose ready jobs the finishing worker sends at once: the next round starts when the
+previous round's tests finish, pair by pair, not on a timer. The guard and all cycle keys have
+a TTL, so jobs that never report (a node that vanished) cannot block monitoring for longer.
 """
 from __future__ import annotations
 
+import json
+import time
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any, Iterable, Sequence
 
 import redis
 
@@ -16,31 +24,104 @@ from workers.store import key
 
 GUARD = key("cycle", "guard")
 OVERLAPS = key("cycle", "overlaps")
-_DONE_SCRIPT = (Path(__file__).with_name("cycle_done.lua")).read_text()
+_ADVANCE = (Path(__file__).with_name("cycle_advance.lua")).read_text()
+_PARTS = ("jobs", "deps", "succ", "remaining", "done", "stats", "dispatched", "meta")
 
 
-def remaining_key(cycle_id: str) -> str:
-    return key("cycle", cycle_id, "remaining")
+def cycle_key(cycle_id: str, part: str) -> str:
+    return key("cycle", cycle_id, part)
 
 
-def begin(r: redis.Redis, cycle_id: str, jobs: int, ttl_s: int) -> str | None:
-    """Take the guard for cycle_id with `jobs` outstanding. Returns None when taken, else the
-    id of the cycle that still holds the guard (nothing must be emitted then)."""
+def begin(r: redis.Redis, cycle_id: str, jobs: Sequence[Any], ttl_s: int,
+          meta: dict[str, Any] | None = None) -> tuple[str | None, list[dict[str, Any]]]:
+    """Take the guard and store the plan. `jobs` have .id, .queue, .kwargs, .after.
+
+    Returns (None, jobs to send now) when this cycle started, or (id of the cycle that still
+    holds the guard, []) when it did not; nothing is stored then."""
     with r.pipeline() as pipe:
         pipe.set(GUARD, cycle_id, nx=True, ex=ttl_s)
         pipe.get(GUARD)
         taken, holder = pipe.execute()
     if not taken:
         r.incr(OVERLAPS)
-        return holder or "unknown"
-    r.set(remaining_key(cycle_id), jobs, ex=ttl_s)
-    return None
+        return holder or "unknown", []
+
+    expires_at = time.time() + ttl_s
+    documents = {job.id: json.dumps({"id": job.id, "queue": job.queue, "kwargs": job.kwargs,
+                                     "expires_at": expires_at}) for job in jobs}
+    successors: dict[str, list[str]] = {}
+    for job in jobs:
+        for before in job.after:
+            successors.setdefault(before, []).append(job.id)
+    waiting = {job.id: len(job.after) for job in jobs if job.after}
+    ready = [json.loads(documents[job.id]) for job in jobs if not job.after]
+
+    with r.pipeline(transaction=False) as pipe:
+        for part, mapping in (("jobs", documents), ("deps", waiting),
+                              ("succ", {k: json.dumps(v) for k, v in successors.items()}),
+                              ("dispatched", {job["id"]: job["queue"] for job in ready})):
+            name = cycle_key(cycle_id, part)
+            items = list(mapping.items())
+            for start in range(0, len(items), 10_000):
+                pipe.hset(name, mapping=dict(items[start:start + 10_000]))
+            pipe.expire(name, ttl_s)
+        pipe.set(cycle_key(cycle_id, "remaining"), len(documents), ex=ttl_s)
+        pipe.hset(cycle_key(cycle_id, "meta"), mapping={
+            "started": time.time(), "planned": len(documents), **(meta or {})})
+        for part in ("meta", "stats", "done"):
+            pipe.expire(cycle_key(cycle_id, part), ttl_s)
+        pipe.execute()
+    r.expire(cycle_key(cycle_id, "stats"), ttl_s)
+    return None, ready
 
 
-def job_done(r: redis.Redis, cycle_id: str) -> bool:
-    """One job of cycle_id finished. True when it was the last and the guard was released."""
-    return bool(r.eval(_DONE_SCRIPT, 2, remaining_key(cycle_id), GUARD, cycle_id))
+def advance(r: redis.Redis, cycle_id: str, job_id: str, outcome: str,
+            busy: Iterable[tuple[str, float]] = ()) -> tuple[bool, list[dict[str, Any]]]:
+    """Job `job_id` finished with `outcome`; `busy` gives each involved node's seconds in it.
+
+    Returns (cycle finished, jobs to send now). A job counted before returns (False, [])."""
+    keys = [cycle_key(cycle_id, p) for p in
+            ("jobs", "deps", "succ", "remaining")] + [GUARD] + [
+        cycle_key(cycle_id, p) for p in ("done", "stats", "dispatched")]
+    args: list[Any] = [job_id, cycle_id, outcome]
+    for node, seconds in busy:
+        args += [node, f"{seconds:.3f}"]
+    reply = r.eval(_ADVANCE, len(keys), *keys, *args)
+    if int(reply[0]) < 0:
+        return False, []
+    return bool(int(reply[0])), [json.loads(doc) for doc in reply[1:]]
+
+
+def dispatched(r: redis.Redis, cycle_id: str) -> dict[str, str]:
+    """Jobs sent but not finished: id → queue."""
+    return r.hgetall(cycle_key(cycle_id, "dispatched"))
+
+
+def active(r: redis.Redis) -> str | None:
+    """The cycle that holds the guard, if any."""
+    return r.get(GUARD)
+
+
+def summary(r: redis.Redis, cycle_id: str) -> tuple[dict[str, str], dict[str, str]]:
+    """(meta, stats) of a cycle, for the scheduler-health report."""
+    with r.pipeline(transaction=False) as pipe:
+        pipe.hgetall(cycle_key(cycle_id, "meta"))
+        pipe.hgetall(cycle_key(cycle_id, "stats"))
+        meta, stats = pipe.execute()
+    return meta, stats
 
 
 def overlaps(r: redis.Redis) -> int:
     return int(r.get(OVERLAPS) or 0)
+
+
+def send(app, cycle_id: str, jobs: Iterable[dict[str, Any]]) -> int:
+    """Send ready jobs to their queues as tasks.measure. A job that outlives its cycle's guard
+    expires unrun (a node that comes back does not run a stale plan)."""
+    sent = 0
+    for job in jobs:
+        app.send_task("tasks.measure", kwargs=dict(job["kwargs"], cycle=cycle_id, job=job["id"]),
+                      queue=job["queue"],
+                      expires=datetime.fromtimestamp(job["expires_at"], timezone.utc))
+        sent += 1
+    return sent

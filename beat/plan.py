@@ -1,9 +1,14 @@
-"""Cycle planning as plain functions: which tests a cycle runs, from which node, in what order.
+"""Cycle planning as plain functions: which tests a cycle runs, from which node, and which
+earlier tests each one waits for. Deterministic for a given registry and cycle number.
 
+- mesh: every pair of registered nodes, as the rounds of a round-robin tournament (N/2 tests
+  at once, odd N gets a bye); one test per pair measures both directions, so each cycle covers
+  every ordered pair's flow. A test waits only for the previous test of each of its two nodes.
+- sampled: for large clusters, k tournament rounds per cycle in rotation (every pair within a
+  stated number of cycles), zone-aware (beat.rounds).
 - star (the original's Scenario 2): one poller tests every CBANDWIDTH_PERF_SERVERS target in
-  turn, download then upload. The jobs run as a chain, so they run one after another: two of
-  them never reach one iperf3 server at once. The chain runs on CBANDWIDTH_POLLER's queue when
-  that is set, else on the shared queue (whichever node agent is free).
+  turn, download then upload: each job waits for the one before. On CBANDWIDTH_POLLER's queue
+  when set, else on the shared queue (whichever node agent is free).
 - aggregate (the original's Scenario 1): every registered node agent tests the collector(s) at
   the same moment; each series is named for the node that measured, as the original's
   `$CBANDWIDTH_PERF_SERVERS:$NODE_NAME` did.
@@ -13,22 +18,24 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+from beat.rounds import Pair, mesh_rounds, sampled_rounds
 from workers.config import Settings
 from workers.defaults import SHARED_QUEUE
 
 
 @dataclass(frozen=True)
 class Job:
+    id: str
     queue: str
     kwargs: dict[str, Any] = field(default_factory=dict)
+    after: tuple[str, ...] = ()     # ids of the jobs that must finish first
 
 
 @dataclass(frozen=True)
 class Plan:
     strategy: str
     jobs: tuple[Job, ...]
-    serial: bool          # True: run one after another (a chain); False: all at once
-    expected_s: float     # how long the cycle should take, in seconds
+    expected_s: float     # how long the cycle should take at most, in seconds
 
     def ttl_s(self, interval_s: int) -> int:
         """Seconds the cycle guard lives: twice the expected length plus one interval, so a
@@ -36,29 +43,73 @@ class Plan:
         return int(2 * self.expected_s + interval_s + 30)
 
 
-def _job_seconds(settings: Settings) -> float:
-    return len(settings.directions) * (settings.poll_length_s + settings.timeout_margin_s)
+def _job_seconds(settings: Settings, directions: int) -> float:
+    return directions * (settings.poll_length_s + settings.timeout_margin_s)
 
 
 def star(settings: Settings) -> Plan:
     queue = f"node.{settings.poller}" if settings.poller else SHARED_QUEUE
-    jobs = tuple(Job(queue, {"target": t.address, "name": t.name})
-                 for t in settings.perf_servers)
-    return Plan("star", jobs, serial=True, expected_s=len(jobs) * _job_seconds(settings))
+    jobs = []
+    for i, t in enumerate(settings.perf_servers):
+        jobs.append(Job(f"s{i}", queue, {"target": t.address, "name": t.name, "mode": "star"},
+                        (f"s{i - 1}",) if i else ()))
+    return Plan("star", tuple(jobs),
+                len(jobs) * _job_seconds(settings, len(settings.directions)))
 
 
 def aggregate(settings: Settings, nodes: Sequence[dict[str, Any]]) -> Plan:
     collectors = settings.perf_servers
     jobs = []
     for node in nodes:
-        for collector in collectors:
+        for c, collector in enumerate(collectors):
             name = node["name"] if len(collectors) == 1 else f"{collector.name}-{node['name']}"
-            jobs.append(Job(f"node.{node['name']}", {"target": collector.address, "name": name}))
-    return Plan("aggregate", tuple(jobs), serial=False,
-                expected_s=len(collectors) * _job_seconds(settings))
+            jobs.append(Job(f"a{len(jobs)}", f"node.{node['name']}",
+                            {"target": collector.address, "name": name, "mode": "aggregate"},
+                            # a node tests its collectors one after the other
+                            (f"a{len(jobs) - 1}",) if c else ()))
+    return Plan("aggregate", tuple(jobs),
+                len(collectors) * _job_seconds(settings, len(settings.directions)))
 
 
-def plan_cycle(settings: Settings, nodes: Sequence[dict[str, Any]]) -> Plan:
+def from_rounds(strategy: str, rounds: Sequence[Sequence[Pair]],
+                nodes: dict[str, dict[str, Any]], settings: Settings) -> Plan:
+    """Jobs for tournament rounds: the client runs the test against the server's address; each
+    job waits for the previous job of each of its two nodes, nothing else."""
+    last: dict[str, str] = {}
+    jobs = []
+    for r, pairs in enumerate(rounds):
+        for p, pair in enumerate(pairs):
+            job_id = f"r{r}p{p}"
+            after = tuple(dict.fromkeys(last[n] for n in (pair.client, pair.server) if n in last))
+            server = nodes[pair.server]
+            kwargs = {"target": server["address"], "name": pair.server, "peer": pair.server,
+                      "mode": strategy, "directions": "both"}
+            port = server.get("ports", {}).get(settings.tool)
+            if port:
+                kwargs["port"] = port
+            jobs.append(Job(job_id, f"node.{pair.client}", kwargs, after))
+            last[pair.client] = last[pair.server] = job_id
+    return Plan(strategy, tuple(jobs), len(rounds) * _job_seconds(settings, 2))
+
+
+def mesh(settings: Settings, nodes: Sequence[dict[str, Any]], cycle: int) -> Plan:
+    by_name = {n["name"]: n for n in nodes}
+    return from_rounds("mesh", mesh_rounds(list(by_name), cycle), by_name, settings)
+
+
+def sampled(settings: Settings, nodes: Sequence[dict[str, Any]], cycle: int) -> Plan:
+    by_name = {n["name"]: n for n in nodes}
+    zones = [(name, node.get("labels", {}).get(settings.zone_label))
+             for name, node in by_name.items()]
+    return from_rounds("sampled", sampled_rounds(zones, settings.sample_peers, cycle),
+                       by_name, settings)
+
+
+def plan_cycle(settings: Settings, nodes: Sequence[dict[str, Any]], cycle: int = 0) -> Plan:
     if settings.schedule == "aggregate":
         return aggregate(settings, nodes)
+    if settings.schedule == "mesh":
+        return mesh(settings, nodes, cycle)
+    if settings.schedule == "sampled":
+        return sampled(settings, nodes, cycle)
     return star(settings)

@@ -1,64 +1,122 @@
-"""What a node agent does around its tasks: announce itself in the registry while it serves.
+"""What a node agent does around its tasks: announce itself in the registry while it serves,
+and run (and heal) its own test servers when CBANDWIDTH_SERVE asks for them.
 
-Hooked to Celery's worker signals. Only a worker that consumes its own `node.<NODE_NAME>`
-queue is a node agent; the result handler (`-Q results`) announces nothing.
+Only a worker that consumes its own `node.<NODE_NAME>` queue is a node agent; the result
+handler (`-Q results`) announces nothing and serves nothing.
 """
 from __future__ import annotations
 
 import logging
-import threading
 import time
 
-from celery import signals
+from celery import bootsteps, signals
 
-from workers import config, registry, store
+from workers import config, locks, registry, store
 
 log = logging.getLogger(__name__)
 
-_stop = threading.Event()
-_serving = threading.Event()
 
-
-def _consumed_queues(consumer) -> set[str]:
+def _is_agent(consumer, settings: config.Settings) -> bool:
     try:
-        return {q.name for q in consumer.task_consumer.queues}
+        return settings.node_queue in {q.name for q in consumer.task_consumer.queues}
     except AttributeError:
-        return set()
+        return False
 
 
-def _heartbeat(settings: config.Settings) -> None:
-    started = time.time()
-    info = registry.node_info(settings, started)
-    ttl = 3 * settings.heartbeat_interval_s
-    r = store.client()
-    while not _stop.is_set():
+_heartbeat: list["RegistryHeartbeat"] = []
+
+
+class RegistryHeartbeat(bootsteps.StartStopStep):
+    """Writes the registry entry from the consumer's own event loop (its timer), not from a
+    thread of its own: a worker whose loop hangs stops consuming *and* stops heartbeating, so
+    it leaves the registry (and the next plan) within three heartbeat periods."""
+
+    requires = {"celery.worker.consumer.tasks:Tasks"}
+
+    def __init__(self, parent, **kwargs):
+        super().__init__(parent, **kwargs)
+        self.timer_entry = None
+        self.info: dict | None = None
+        self.received = 0
+        self.last_received: float | None = None
+        _heartbeat[:] = [self]  # one consumer per worker process; task_received finds it here
+
+    def start(self, c):
+        settings = config.get()
+        if not _is_agent(c, settings):
+            return
+        self.info = registry.node_info(settings, time.time())
+        self._beat(settings)
+        self.timer_entry = c.timer.call_repeatedly(settings.heartbeat_interval_s, self._beat,
+                                                   (settings,), priority=10)
+        log.info("node agent %s serving queue %s", settings.node_name, settings.node_queue)
+
+    def note_received(self) -> None:
+        self.received += 1
+        self.last_received = time.time()
+
+    def _beat(self, settings: config.Settings) -> None:
+        entry = dict(self.info, received=self.received, last_received=self.last_received)
         try:
-            registry.announce(r, info, ttl)
-        except Exception as exc:  # Redis away: keep trying, the entry expires meanwhile
+            registry.announce(store.client(), entry, 3 * settings.heartbeat_interval_s)
+        except Exception as exc:  # Redis away: keep trying; the entry expires meanwhile
             log.warning("registry heartbeat failed: %s", exc)
-        _stop.wait(settings.heartbeat_interval_s)
+
+    def stop(self, c):
+        if self.timer_entry is None:
+            return
+        self.timer_entry.cancel()
+        self.timer_entry = None
+        settings = config.get()
+        try:
+            registry.withdraw(store.client(), settings.node_name)
+        except Exception as exc:
+            log.warning("could not withdraw %s from the registry: %s", settings.node_name, exc)
+
+
+@signals.task_received.connect
+def _count_received(**_):
+    for step in _heartbeat:
+        step.note_received()
+
+
+# --- the node's own test servers ------------------------------------------------------------
+
+_supervisor = None
+
+
+def _own_server_locked(settings: config.Settings) -> bool:
+    """Is a test allowed to be using our iperf3 server right now (does anyone hold it)?"""
+    r = store.client()
+    address = settings.node_address or settings.node_name
+    return any(locks.holder(r, name) for name in (
+        f"node:{settings.node_name}", f"srv:iperf3:{address}:{settings.iperf3_port}"))
 
 
 @signals.worker_ready.connect
-def _start_heartbeat(sender=None, **_):
+def _start_servers(sender=None, **_):
+    global _supervisor
     settings = config.get()
-    if settings.node_queue not in _consumed_queues(sender):
+    if not settings.serve or not _is_agent(sender, settings):
         return
-    _stop.clear()
-    _serving.set()
-    threading.Thread(target=_heartbeat, args=(settings,), name="registry-heartbeat",
-                     daemon=True).start()
-    log.info("node agent %s serving queue %s", settings.node_name, settings.node_queue)
+    from workers.servers import Supervisor
+
+    _supervisor = Supervisor(
+        settings.serve, settings.node_address,
+        {"iperf3": settings.iperf3_port, "iperf2": settings.iperf2_port,
+         "netperf": settings.netperf_port},
+        idle_timeout_s=settings.server_idle_timeout_s,
+        lock_held=lambda: _own_server_locked(settings),
+        check_interval_s=settings.heartbeat_interval_s)
+    _supervisor.start()
+    log.info("serving %s on %s", ", ".join(settings.serve), settings.node_address or "*")
 
 
 @signals.worker_shutting_down.connect
-def _withdraw(**_):
-    if not _serving.is_set():
-        return
-    _serving.clear()
-    _stop.set()
-    settings = config.get()
-    try:
-        registry.withdraw(store.client(), settings.node_name)
-    except Exception as exc:
-        log.warning("could not withdraw %s from the registry: %s", settings.node_name, exc)
+def _stop_servers(**_):
+    if _supervisor is not None:
+        _supervisor.stop()
+
+
+def install(app) -> None:
+    app.steps["consumer"].add(RegistryHeartbeat)

@@ -9,5 +9,7 @@ from celery import Celery
 app = Celery("cloud-bandwidth")
 app.config_from_object("workers.celeryconfig")
 
-# Node-agent hooks (queue, registry heartbeat) are attached by importing their module.
-import workers.agent  # noqa: E402,F401  (registers signal handlers on import)
+# Node-agent parts: the registry heartbeat (a consumer bootstep) and the test servers.
+from workers import agent  # noqa: E402
+
+agent.install(app)

@@ -19,7 +19,9 @@ from workers.hosts import validate_target
 from workers.measurement import PROTOCOLS, TOOLS
 
 PREFIX = "CBANDWIDTH_"
-SCHEDULES = ("star", "aggregate")
+SCHEDULES = ("mesh", "star", "aggregate", "sampled")
+SERVER_KINDS = ("iperf3", "iperf2", "netperf")
+_LABEL = re.compile(r"^[A-Za-z0-9_.-]+=[A-Za-z0-9_.-]*$")
 DIRECTION_CHOICES = ("both", "download", "upload")
 _PATH_PREFIX = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
 _NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,252}$")
@@ -69,6 +71,16 @@ class Settings:
     directions: tuple[str, ...] = ("download", "upload")
     schedule: str = "star"
     poller: str | None = None
+    node_labels: tuple[tuple[str, str], ...] = ()
+    zone_label: str = "zone"
+    sample_peers: int = defaults.SAMPLE_PEERS
+    aggregate_max: int = defaults.AGGREGATE_MAX
+    lock_wait_s: int = defaults.LOCK_WAIT
+    lock_retries: int = defaults.LOCK_RETRIES
+    mesh_prefix: str = defaults.MESH_PREFIX
+    scheduler_prefix: str = defaults.SCHEDULER_PREFIX
+    serve: tuple[str, ...] = ()
+    server_idle_timeout_s: int = defaults.SERVER_IDLE_TIMEOUT
     timeout_margin_s: int = defaults.TIMEOUT_MARGIN
     max_attempts: int = defaults.MAX_ATTEMPTS
     carbon_timeout_s: float = defaults.CARBON_TIMEOUT
@@ -97,6 +109,8 @@ class Settings:
                 value = mask_url(value)
             elif f.name == "perf_servers":
                 value = ",".join(f"{t.address}:{t.name}" for t in value) or "(none)"
+            elif f.name == "node_labels":
+                value = ",".join(f"{k}={v}" for k, v in value)
             elif isinstance(value, tuple):
                 value = ",".join(value)
             rows.append((f.name, "" if value is None else str(value)))
@@ -312,19 +326,38 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
     # The original measured only the download direction with netperf.
     directions = _choice(r, p + "DIRECTIONS", "download" if tool == "netperf" else "both",
                          DIRECTION_CHOICES)
-    # Scenario 1 of the original (netperf / iperf2 collectors accept concurrent clients) is
-    # the aggregate schedule; Scenario 2 (iperf3 servers polled in turn) is star.
-    schedule = _choice(r, p + "SCHEDULE", "star" if tool == "iperf3" else "aggregate",
-                       SCHEDULES)
+    # Static targets: Scenario 1 of the original (netperf / iperf2 collectors accept concurrent
+    # clients) is the aggregate schedule, Scenario 2 (iperf3 servers polled in turn) is star.
+    # Without static targets the registered nodes measure each other: mesh.
+    if perf_servers:
+        default_schedule = "star" if tool == "iperf3" else "aggregate"
+    else:
+        default_schedule = "mesh"
+    schedule = _choice(r, p + "SCHEDULE", default_schedule, SCHEDULES)
+    if schedule in ("star", "aggregate") and not perf_servers and r.raw(p + "SCHEDULE"):
+        raise ConfigError(p + "SCHEDULE", f"{schedule} needs CBANDWIDTH_PERF_SERVERS")
+
+    labels = []
+    for item in filter(None, (x.strip() for x in (r.raw(p + "NODE_LABELS") or "").split(","))):
+        if not _LABEL.match(item):
+            raise ConfigError(p + "NODE_LABELS", f"expected key=value,…, got {item!r}")
+        labels.append(tuple(item.split("=", 1)))
+
+    serve = tuple(dict.fromkeys(filter(None, (x.strip().lower() for x in
+                                              (r.raw(p + "SERVE") or "").split(",")))))
+    for kind in serve:
+        if kind not in SERVER_KINDS:
+            raise ConfigError(p + "SERVE", f"servers are {', '.join(SERVER_KINDS)}, got {kind!r}")
 
     length = _int(r, p + "POLL_LENGTH", defaults.POLL_LENGTH, 1, 3600)
     margin = _int(r, p + "TIMEOUT_MARGIN", defaults.TIMEOUT_MARGIN, 1, 600)
     visibility = _int(r, p + "VISIBILITY_TIMEOUT", defaults.VISIBILITY_TIMEOUT, 60, 7 * 86400)
-    longest_task = 2 * (length + margin) + 60
+    lock_wait = _int(r, p + "LOCK_WAIT", defaults.LOCK_WAIT, 0, 3600)
+    longest_task = lock_wait + 2 * (length + margin) + 60
     if visibility <= longest_task:
         raise ConfigError(p + "VISIBILITY_TIMEOUT",
-                          f"must exceed the longest test ({longest_task} s for "
-                          f"CBANDWIDTH_POLL_LENGTH={length}), got {visibility}")
+                          f"must exceed the longest task ({longest_task} s: lock wait + test "
+                          f"for CBANDWIDTH_POLL_LENGTH={length}), got {visibility}")
 
     poller = r.raw(p + "POLLER") or None
     if poller and not _NODE_NAME.match(poller):
@@ -354,6 +387,17 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         directions=("download", "upload") if directions == "both" else (directions,),
         schedule=schedule,
         poller=poller,
+        node_labels=tuple(labels),
+        zone_label=r.raw(p + "ZONE_LABEL") or "zone",
+        sample_peers=_int(r, p + "SAMPLE_PEERS", defaults.SAMPLE_PEERS, 1, 10_000),
+        aggregate_max=_int(r, p + "AGGREGATE_MAX", defaults.AGGREGATE_MAX, 1, 100_000),
+        lock_wait_s=lock_wait,
+        lock_retries=_int(r, p + "LOCK_RETRIES", defaults.LOCK_RETRIES, 0, 100),
+        mesh_prefix=_prefix(r, p + "MESH_PREFIX", defaults.MESH_PREFIX),
+        scheduler_prefix=_prefix(r, p + "SCHEDULER_PREFIX", defaults.SCHEDULER_PREFIX),
+        serve=serve,
+        server_idle_timeout_s=_int(r, p + "SERVER_IDLE_TIMEOUT", defaults.SERVER_IDLE_TIMEOUT,
+                                   1, 86400),
         timeout_margin_s=margin,
         max_attempts=_int(r, p + "MAX_ATTEMPTS", defaults.MAX_ATTEMPTS, 1, 100),
         carbon_timeout_s=_float(r, p + "CARBON_TIMEOUT", defaults.CARBON_TIMEOUT, 0.1, 300),

@@ -72,3 +72,33 @@ RESULTS_QUEUE = "results"
 
 SHARED_QUEUE = "nodes"
 """Queue every node agent consumes: a task sent without --queue runs on any node."""
+
+LOCK_WAIT = 120
+"""Seconds a test waits for its resources (woken on release) before it is requeued with
+jittered backoff (CBANDWIDTH_LOCK_WAIT)."""
+
+LOCK_RETRIES = 3
+"""Times a test that could not get its resources is requeued before it is recorded as skipped
+(CBANDWIDTH_LOCK_RETRIES)."""
+
+LOCK_SLACK = 10
+"""Seconds added to a test's longest possible run (directions × (length + timeout margin)) to
+make its lock TTL: enough to hand over the result, short enough that a killed worker's locks
+free up soon."""
+
+AGGREGATE_MAX = 64
+"""Concurrent clients one collector admits in the aggregate schedule (CBANDWIDTH_AGGREGATE_MAX)."""
+
+SAMPLE_PEERS = 3
+"""Peers per node per cycle in the sampled schedule (CBANDWIDTH_SAMPLE_PEERS)."""
+
+MESH_PREFIX = "bandwidth.mesh"
+"""Graphite prefix of mesh series: <prefix>.<source>.<destination>, bits per second of the flow
+from source to destination (CBANDWIDTH_MESH_PREFIX)."""
+
+SCHEDULER_PREFIX = "bandwidth.scheduler"
+"""Graphite prefix of the scheduler's health series (CBANDWIDTH_SCHEDULER_PREFIX)."""
+
+SERVER_IDLE_TIMEOUT = 30
+"""Seconds an agent-run iperf3 server may sit in a stuck state before iperf3 restarts itself
+(--idle-timeout; CBANDWIDTH_SERVER_IDLE_TIMEOUT)."""

@@ -15,8 +15,12 @@ from workers.measurement import DIRECTIONS, PROTOCOLS, TOOLS, DirectionResult, R
 log = logging.getLogger(__name__)
 
 OPTIONS = ("target", "name", "tool", "port", "length", "parallel", "protocol", "directions",
-           "udp_bandwidth", "cycle", "bind_address")
-"""The keyword arguments `tasks.measure` accepts; anything else is a bad request."""
+           "udp_bandwidth", "bind_address", "peer", "mode", "cycle", "job")
+"""The keyword arguments `tasks.measure` accepts; anything else is a bad request. The last four
+are set by beat: the registered node behind the target, the schedule, and the cycle and job
+this test belongs to."""
+
+MODES = ("mesh", "star", "aggregate", "sampled")
 
 
 class BadRequest(ValueError):
@@ -35,7 +39,14 @@ class Request:
     directions: tuple[str, ...]
     udp_bandwidth_bps: int
     bind_address: str | None = None
+    peer: str | None = None
+    mode: str | None = None
     cycle: str | None = None
+    job: str | None = None
+
+    def longest_run_s(self, timeout_margin_s: float) -> float:
+        """Seconds the test can take at most: each direction is killed at length + margin."""
+        return len(self.directions) * (self.length_s + timeout_margin_s)
 
     def spec(self, direction: str, timeout_margin_s: float) -> TestSpec:
         return TestSpec(tool=self.tool, target=self.target, port=self.port,
@@ -110,9 +121,13 @@ def parse_request(options: Mapping[str, Any], settings: config.Settings) -> Requ
             bind = validate_target(str(bind))
         except ValueError as exc:
             raise BadRequest(f"bind_address: {exc}") from None
-    cycle = options.get("cycle")
-    if cycle is not None and not isinstance(cycle, str):
-        raise BadRequest("cycle must be a string")
+    for field in ("cycle", "job", "peer"):
+        value = options.get(field)
+        if value is not None and (not isinstance(value, str) or len(value) > 200):
+            raise BadRequest(f"{field} must be a short string")
+    mode = options.get("mode")
+    if mode is not None and mode not in MODES:
+        raise BadRequest(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
 
     return Request(
         target=target, name=name, tool=tool,
@@ -121,7 +136,8 @@ def parse_request(options: Mapping[str, Any], settings: config.Settings) -> Requ
         parallel=_whole(options, "parallel", settings.parallel, 1, 128),
         protocol=protocol,
         directions=tuple(dict.fromkeys(directions)),
-        udp_bandwidth_bps=udp_bps, bind_address=bind, cycle=cycle,
+        udp_bandwidth_bps=udp_bps, bind_address=bind, peer=options.get("peer"), mode=mode,
+        cycle=options.get("cycle"), job=options.get("job"),
     )
 
 
@@ -171,8 +187,9 @@ def build_result(request: Request, settings: config.Settings,
         "start": min(o.start for o in ordered),
         "end": max(o.end for o in ordered),
     }
-    if request.cycle:
-        result["cycle"] = request.cycle
+    for field in ("peer", "mode", "cycle", "job"):
+        if getattr(request, field):
+            result[field] = getattr(request, field)
     # The measuring node's prefixes name the series, as the original poller's did: the seed's
     # DaemonSet sets CBANDWIDTH_DOWNLOAD_PREFIX on the pollers.
     result["prefixes"] = {"download": settings.download_prefix,
@@ -182,14 +199,30 @@ def build_result(request: Request, settings: config.Settings,
     return result
 
 
-def abandoned(request: Request, settings: config.Settings, attempts: int) -> dict[str, Any]:
-    """The result of a test whose worker died more often than allowed: status data, no rate."""
+def not_run(request: Request, settings: config.Settings, reason: Reason,
+            message: str) -> dict[str, Any]:
+    """The result of a test that did not run: status data for each direction, no rate."""
     now = time.time()
-    message = (f"the worker running this test died {attempts - 1} times; "
-               f"giving up after CBANDWIDTH_MAX_ATTEMPTS={settings.max_attempts}")
-    outcomes = {d: DirectionResult.failed(Reason.ABANDONED, message, now, now)
+    log.warning("%s -> %s [%s]: %s: %s", settings.node_name, request.target, request.name,
+                reason.value, message)
+    outcomes = {d: DirectionResult.failed(reason, message, now, now)
                 for d in DIRECTIONS if d in request.directions}
     return build_result(request, settings, outcomes)
+
+
+def abandoned(request: Request, settings: config.Settings, attempts: int) -> dict[str, Any]:
+    """The worker running this test died more often than CBANDWIDTH_MAX_ATTEMPTS allows."""
+    return not_run(request, settings, Reason.ABANDONED,
+                   f"the worker running this test died {attempts - 1} times; giving up after "
+                   f"CBANDWIDTH_MAX_ATTEMPTS={settings.max_attempts}")
+
+
+def outcome(result: dict[str, Any]) -> str:
+    """One word for cycle statistics: ok, partial, or failed:<first reason>."""
+    if result["status"] != "failed":
+        return result["status"]
+    reasons = [result[d].get("reason") for d in DIRECTIONS if d in result]
+    return f"failed:{next((r for r in reasons if r), Reason.ERROR.value)}"
 
 
 def request_summary(request: Request) -> dict[str, Any]:

@@ -29,6 +29,11 @@ def start_attempt(r: redis.Redis, task_id: str) -> int:
     return int(attempt)
 
 
+def end_attempt(r: redis.Redis, task_id: str) -> None:
+    """The attempt ended cleanly without a result (it was requeued): it does not count."""
+    r.decr(key("attempts", task_id))
+
+
 def handed_over(r: redis.Redis, task_id: str) -> dict[str, Any] | None:
     """The result already handed to the result handler for task_id, if any."""
     raw = r.get(key("handed-over", task_id))

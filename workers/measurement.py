@@ -24,6 +24,8 @@ class Reason(str, Enum):
     ERROR = "error"                # the tool reported another error (its message is kept)
     BAD_REQUEST = "bad_request"    # the request itself was invalid (bad target, unknown option)
     ABANDONED = "abandoned"        # the worker died running it more often than allowed
+    LOCK_EXPIRED = "lock_expired"  # measured, but its lock expired mid-test: not exclusive
+    SKIPPED = "skipped"            # never ran: resources stayed busy, or its node vanished
 
 
 #: Value of the status series: 0 is a good measurement, anything else names a Reason.
@@ -37,6 +39,8 @@ STATUS_CODES: dict[str | None, int] = {
     Reason.ERROR: 6,
     Reason.BAD_REQUEST: 7,
     Reason.ABANDONED: 8,
+    Reason.LOCK_EXPIRED: 9,
+    Reason.SKIPPED: 10,
 }
 
 TOOLS = ("iperf3", "iperf2", "netperf")

@@ -1,27 +1,41 @@
 """Turn a measurement result into carbon plaintext lines. Pure functions, no I/O.
 
 With the original's configuration the names and units are the original's:
-`bandwidth.download.<name> <bits_per_second> <unix_ts>` (integer bits per second). Beside them:
+`bandwidth.download.<name> <bits_per_second> <unix_ts>` (integer bits per second). Mesh and
+sampled tests name the flow: `bandwidth.mesh.<source>.<destination>`. Beside them:
 
-- `<status_prefix>.<name>.<direction> <code> <ts>`: 0 when measured, else the reason's code
-  (workers.measurement.STATUS_CODES). A failed direction writes this and nothing else, never a
-  0 throughput.
-- `<detail_prefix>.<name>.<direction>.<field> <value> <ts>`: retransmits, CPU, UDP jitter/loss
-  where the tool reported them.
+- status: `<status_prefix>.<name>.<direction>` (mesh: `<status_prefix>.mesh.<src>.<dst>`),
+  0 when measured, else the reason's code (workers.measurement.STATUS_CODES). A failed
+  direction writes this and nothing else, never a 0 throughput. A test whose lock expired
+  mid-test writes status 9 and its rate only as `…unverified_bits_per_second` detail.
+- detail: `<detail_prefix>.<name>.<direction>.<field>` (mesh: `….mesh.<src>.<dst>.<field>`):
+  retransmits, CPU, UDP jitter/loss where the tool reported them.
+- `<scheduler_prefix>.lock_wait.<node>`: seconds the test waited for its resources.
 """
 from __future__ import annotations
 
 import math
 import re
-from typing import Any, Iterable
+from typing import Any, Iterable, NamedTuple
 
 from workers.measurement import STATUS_CODES, Reason
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 _PREFIX = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
+_LINE = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)* -?[0-9.e+-]+ [0-9]+$")
 
 DETAIL_FIELDS = ("retransmits", "cpu_local_percent", "cpu_remote_percent", "jitter_ms",
                  "lost_percent", "sender_bits_per_second")
+FLOW_MODES = ("mesh", "sampled")
+
+
+class Prefixes(NamedTuple):
+    download: str
+    upload: str
+    status: str
+    detail: str
+    mesh: str
+    scheduler: str
 
 
 def sanitize(component: str) -> str:
@@ -42,52 +56,82 @@ def line(path: str, value: float, timestamp: float) -> str:
     return f"{path} {text} {int(timestamp)}"
 
 
+def checked_line(text: str) -> str:
+    """A prepared line, refused unless it is exactly `path value timestamp` (carbon silently
+    drops anything else)."""
+    if not _LINE.match(text):
+        raise ValueError(f"not a carbon line: {text!r}")
+    return text
+
+
 def status_code(reason: str | None) -> int:
     return STATUS_CODES[Reason(reason) if reason else None]
 
 
-def result_lines(result: dict[str, Any], prefixes: dict[str, str], status_prefix: str,
-                 detail_prefix: str) -> list[str]:
+def _paths(result: dict[str, Any], direction: str, p: Prefixes) -> tuple[str, str, str]:
+    """(throughput path, status path, detail base) of one direction of a result."""
+    if result.get("mode") in FLOW_MODES and result.get("peer"):
+        node, peer = sanitize(result["node"]), sanitize(result["peer"])
+        src, dst = (node, peer) if direction == "download" else (peer, node)
+        return f"{p.mesh}.{src}.{dst}", f"{p.status}.mesh.{src}.{dst}", \
+            f"{p.detail}.mesh.{src}.{dst}"
+    name = sanitize(result["name"])
+    prefix = p.download if direction == "download" else p.upload
+    return f"{prefix}.{name}", f"{p.status}.{name}.{direction}", f"{p.detail}.{name}.{direction}"
+
+
+def result_lines(result: dict[str, Any], p: Prefixes) -> list[str]:
     """Lines for one `tasks.measure` result.
 
-    `prefixes` maps direction ("download"/"upload") to its throughput prefix. Timestamps are
-    each direction's own start time, so a result delivered late still lands where it was
-    measured. Throughput is rounded to whole bits per second, as the original wrote it.
+    Timestamps are each direction's own start time, so a result delivered late still lands
+    where it was measured. Throughput is rounded to whole bits per second, as the original.
     """
-    name = sanitize(result["name"])
     lines: list[str] = []
-    for direction, prefix in prefixes.items():
+    lock = result.get("lock") or {}
+    for direction in ("download", "upload"):
         measured = result.get(direction)
         if not measured:
             continue
         ts = measured["start"]
+        rate_path, status_path, detail_base = _paths(result, direction, p)
         ok = measured.get("status") == "ok" and measured.get("bits_per_second") is not None
+        if ok and lock.get("expired"):
+            lines.append(line(f"{detail_base}.unverified_bits_per_second",
+                              round(measured["bits_per_second"]), ts))
+            reason: str | None = Reason.LOCK_EXPIRED.value
+        elif ok:
+            lines.append(line(rate_path, round(measured["bits_per_second"]), ts))
+            reason = None
+        else:
+            reason = measured.get("reason") or Reason.ERROR.value
         if ok:
-            lines.append(line(f"{prefix}.{name}", round(measured["bits_per_second"]), ts))
             for field in DETAIL_FIELDS:
                 value = measured.get(field)
                 if value is not None:
-                    lines.append(line(f"{detail_prefix}.{name}.{direction}.{field}", value, ts))
-        code = status_code(None if ok else (measured.get("reason") or Reason.ERROR.value))
-        lines.append(line(f"{status_prefix}.{name}.{direction}", code, ts))
+                    lines.append(line(f"{detail_base}.{field}", value, ts))
+        lines.append(line(status_path, status_code(reason), ts))
+    if "wait_s" in lock and result.get("node"):
+        lines.append(line(f"{p.scheduler}.lock_wait.{sanitize(result['node'])}",
+                          lock["wait_s"], result["start"]))
     return lines
 
 
-def lines_for(result: dict[str, Any], settings: Any) -> list[str]:
-    """result_lines with the throughput prefixes the measuring node stamped into the result
-    (falling back to this process's), and this process's status and detail prefixes."""
-    prefixes = {"download": settings.download_prefix, "upload": settings.upload_prefix}
+def prefixes_for(result: dict[str, Any], settings: Any) -> Prefixes:
+    """This process's prefixes, with the throughput prefixes the measuring node stamped into the
+    result taking precedence (the original's poller named its own series)."""
     stamped = result.get("prefixes") or {}
-    for direction in prefixes:
+
+    def pick(direction: str, own: str) -> str:
         value = stamped.get(direction)
-        if isinstance(value, str) and _PREFIX.match(value):
-            prefixes[direction] = value
-    return result_lines(
-        result,
-        prefixes,
-        settings.status_prefix,
-        settings.detail_prefix,
-    )
+        return value if isinstance(value, str) and _PREFIX.match(value) else own
+
+    return Prefixes(pick("download", settings.download_prefix),
+                    pick("upload", settings.upload_prefix), settings.status_prefix,
+                    settings.detail_prefix, settings.mesh_prefix, settings.scheduler_prefix)
+
+
+def lines_for(result: dict[str, Any], settings: Any) -> list[str]:
+    return result_lines(result, prefixes_for(result, settings))
 
 
 def encode(lines: Iterable[str]) -> bytes:

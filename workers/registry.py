@@ -26,6 +26,8 @@ def node_info(settings: config.Settings, started: float) -> dict[str, Any]:
         "ports": {"iperf3": settings.iperf3_port, "iperf2": settings.iperf2_port,
                   "netperf": settings.netperf_port},
         "tools": sorted(t for t, b in TOOL_BINARIES.items() if shutil.which(b)),
+        "labels": dict(settings.node_labels),
+        "serves": list(settings.serve),
         "version": VERSION,
         "started": started,
     }
@@ -48,3 +50,11 @@ def nodes(r: redis.Redis) -> list[dict[str, Any]]:
         if raw:
             found.append(json.loads(raw))
     return sorted(found, key=lambda n: n["name"])
+
+
+def find_by_address(r: redis.Redis, address: str) -> str | None:
+    """The name of the registered node serving at `address`, if any."""
+    for node in nodes(r):
+        if node.get("address") == address:
+            return node["name"]
+    return None

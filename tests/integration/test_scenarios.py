@@ -57,7 +57,7 @@ def test_scenario_2_poller_writes_exactly_the_original_metric_lines(make_lab):
     # One poller tested the targets in turn, in the configured order, download then upload.
     order = re.findall(r"(download|upload) poller -> \S+ \[(cluster-\w)\]", poller.read_log())
     assert order == [(d, n) for n in targets for d in ("download", "upload")]
-    assert len(re.findall(r"cycle \S+: 3 star job\(s\) emitted", beat.read_log())) == 1
+    assert len(re.findall(r"cycle \S+ \(#0\): 3 star job\(s\) planned", beat.read_log())) == 1
 
 
 def test_scenario_1_every_node_measures_the_netperf_collector_at_once(make_lab):
@@ -115,10 +115,10 @@ def test_a_cycle_still_running_when_the_next_is_due_is_skipped_not_piled_up(make
     while time.monotonic() < deadline:
         longest_queue = max(longest_queue, redis.llen("nodes"))
         time.sleep(0.2)
-    emitted = sum(len(re.findall(r"star job\(s\) emitted", b.read_log())) for b in beats)
+    emitted = sum(len(re.findall(r"star job\(s\) planned", b.read_log())) for b in beats)
     assert emitted == 1
     assert cycles.overlaps(redis) >= 4
     assert longest_queue <= 1, "a chain keeps at most the next job queued"
     # When the cycle ends, the next one starts.
-    wait_until(lambda: sum(len(re.findall(r"star job\(s\) emitted", b.read_log()))
+    wait_until(lambda: sum(len(re.findall(r"star job\(s\) planned", b.read_log()))
                            for b in beats) == 2, 20, what="the next cycle")

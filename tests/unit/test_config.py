@@ -9,7 +9,7 @@ def test_defaults_match_the_original():
     assert (s.poll_interval_s, s.poll_length_s) == (300, 5)
     assert (s.download_prefix, s.upload_prefix) == ("bandwidth.download", "bandwidth.upload")
     assert (s.iperf3_port, s.netperf_port, s.graphite_port) == (5201, 12865, 2003)
-    assert s.tool == "iperf3" and s.schedule == "star" and s.directions == ("download", "upload")
+    assert s.tool == "iperf3" and s.schedule == "mesh" and s.directions == ("download", "upload")
     assert s.parallel == 1 and s.node_queue == "node.n1"
 
 
@@ -68,7 +68,10 @@ def test_perf_servers_parse(text, expected):
     ("CBANDWIDTH_REDIS_URL", "http://x", "redis://"),
     ("CBANDWIDTH_IPERF_PARALLEL", "0", "between 1 and 128"),
     ("CBANDWIDTH_UDP_BANDWIDTH", "fast", "rate"),
-    ("CBANDWIDTH_VISIBILITY_TIMEOUT", "61", "longest test"),
+    ("CBANDWIDTH_VISIBILITY_TIMEOUT", "61", "longest task"),
+    ("CBANDWIDTH_SCHEDULE", "star", "needs CBANDWIDTH_PERF_SERVERS"),
+    ("CBANDWIDTH_NODE_LABELS", "zone", "key=value"),
+    ("CBANDWIDTH_SERVE", "iperf3,ssh", "servers are"),
     ("NODE_NAME", "a b", "NODE_NAME"),
 ])
 def test_bad_value_names_the_variable_in_one_line(variable, value, words):
@@ -108,3 +111,10 @@ def test_exit_on_error_prints_one_line_and_exits_2(capsys):
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "CBANDWIDTH_POLL_LENGTH" in err
+
+
+def test_schedule_defaults_to_mesh_without_static_targets_and_labels_parse():
+    s = load({"CBANDWIDTH_NODE_LABELS": "zone=eu-1a, rack=r7", "CBANDWIDTH_SERVE": "iperf3,NETPERF"})
+    assert s.schedule == "mesh"
+    assert s.node_labels == (("zone", "eu-1a"), ("rack", "r7"))
+    assert s.serve == ("iperf3", "netperf")

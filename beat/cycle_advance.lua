@@ -1,0 +1,33 @@
+-- One job of a cycle finished: count it, release the jobs that were waiting only for it, and
+-- end the cycle when it was the last. Idempotent per job (a redelivered job advances nothing).
+-- KEYS: 1 jobs hash (id -> job JSON), 2 deps hash (id -> unfinished predecessors),
+--       3 successors hash (id -> JSON list of ids), 4 remaining counter, 5 cycle guard,
+--       6 done set, 7 stats hash, 8 dispatched hash (id -> queue).
+-- ARGV: 1 job id, 2 cycle id, 3 outcome ("ok", "failed:<reason>", ...),
+--       then pairs of (node, busy seconds).
+-- Returns {finished (0/1), job JSON of each job now ready ...}; {-1} when already counted.
+if redis.call('SADD', KEYS[6], ARGV[1]) == 0 then
+  return {-1}
+end
+redis.call('HDEL', KEYS[8], ARGV[1])
+redis.call('HINCRBY', KEYS[7], 'outcome:' .. ARGV[3], 1)
+for i = 4, #ARGV - 1, 2 do
+  redis.call('HINCRBYFLOAT', KEYS[7], 'busy:' .. ARGV[i], ARGV[i + 1])
+end
+local result = {0}
+local successors = redis.call('HGET', KEYS[3], ARGV[1])
+if successors then
+  for _, id in ipairs(cjson.decode(successors)) do
+    if redis.call('HINCRBY', KEYS[2], id, -1) == 0 then
+      redis.call('HSET', KEYS[8], id, '1')
+      table.insert(result, redis.call('HGET', KEYS[1], id))
+    end
+  end
+end
+if redis.call('DECR', KEYS[4]) <= 0 then
+  result[1] = 1
+  if redis.call('GET', KEYS[5]) == ARGV[2] then
+    redis.call('DEL', KEYS[5])
+  end
+end
+return result

@@ -1,0 +1,263 @@
+"""Rounds of disjoint test pairs: the round-robin tournament behind the mesh schedules.
+
+Plain, deterministic functions (no I/O, no Redis); ``beat.plan`` turns their output into jobs.
+
+One :class:`Pair` is one test job: ``client`` runs the tool against ``server``'s test server
+and measures both directions, so one unordered pair per cycle covers both ordered data flows.
+A round is a list of pairs in which no node appears twice: all of a round's jobs can run at
+the same moment without a node ever being in two tests (the locks stay as the safety net).
+
+The tournament is the circle method. The M positions (M = N, or N + 1 for odd N, the extra
+position being a bye) are a fixed position M−1 and a circle of L = M−1 positions
+0 … L−1. Round r (0 ≤ r < L) pairs
+
+- circle position r with the fixed position (with the bye for odd N: r sits out), and
+- circle positions (r + i) mod L and (r − i) mod L for i = 1 … M/2 − 1.
+
+Over the L rounds every unordered pair of positions meets exactly once (L is odd, so
+p + q ≡ 2r (mod L) has one solution r for every p ≠ q). Orientation, the *base* of a round:
+the node at (r + i) is the client of the node at (r − i), and the fixed node is the client in
+even rounds. Each node is then the client in ⌊(N−1)/2⌋ or ⌈(N−1)/2⌉ of its N−1 pairs per
+tournament; a flipped round swaps every client and server.
+
+Cost: a round is built from two slices of the doubled circle and one ``map(Pair, …)``, with
+no per-pair index arithmetic in Python; the sampled mesh builds only the k rounds it returns
+(plus an O(N log N + N·min(k, 16)) zone layout). Pair allocation dominates: see
+``bench/planner.py``.
+"""
+from __future__ import annotations
+
+import gc
+import operator
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+_T = TypeVar("_T")
+
+__all__ = ["Pair", "max_sample_age_cycles", "mesh_rounds", "sampled_rounds", "tournament_size"]
+
+
+@dataclass(frozen=True, order=True, slots=True)
+class Pair:
+    client: str   # node name that runs the tool as client
+    server: str   # node name whose server is measured
+
+
+def tournament_size(n_nodes: int) -> int:
+    """Rounds in one round-robin tournament of ``n_nodes`` nodes: N−1 for even N, N for odd
+    N (each round then has one bye), 0 for fewer than two nodes."""
+    if n_nodes < 2:
+        return 0
+    return n_nodes - 1 if n_nodes % 2 == 0 else n_nodes
+
+
+def max_sample_age_cycles(n_nodes: int, k: int) -> int:
+    """The most consecutive cycles :func:`sampled_rounds` needs to measure every pair once.
+
+    ceil(R / k) with R = :func:`tournament_size` (1 when k ≥ R: the full mesh every cycle; 0
+    when there are fewer than two nodes, so nothing to measure). It holds while the node set
+    is unchanged: a join or leave changes the tournament and restarts the rotation.
+    """
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    rounds = tournament_size(n_nodes)
+    return -(-rounds // k)
+
+
+def mesh_rounds(nodes: Sequence[str], cycle: int) -> list[list[Pair]]:
+    """The full mesh for one cycle: every unordered pair of ``nodes`` exactly once.
+
+    The tournament runs over the sorted, de-duplicated names: N−1 rounds for even N, N for odd
+    N (one node sits out each round), ⌊N/2⌋ pairs a round, no node twice in a round. Fewer than
+    two nodes: ``[]``.
+
+    - Order: the tournament's round list rotated by ``cycle`` mod R, so a different round goes
+      first each cycle.
+    - Orientation: balanced within a cycle (each node is the client in ⌊(N−1)/2⌋ or
+      ⌈(N−1)/2⌉ of its pairs) and flipped for every pair from one cycle to the next (cycle
+      parity), so each node's client role rotates.
+
+    Deterministic for (set of nodes, cycle): input order and duplicates do not matter.
+    """
+    names = sorted(set(nodes))
+    rounds = tournament_size(len(names))
+    if rounds == 0:
+        return []
+    flip = bool(cycle & 1)
+    circle, fixed = _circle(names)
+    with _gc_paused():
+        return [_round(circle, fixed, (j + cycle) % rounds, flip) for j in range(rounds)]
+
+
+def sampled_rounds(nodes: Sequence[tuple[str, str | None]], k: int,
+                   cycle: int) -> list[list[Pair]]:
+    """A sampled mesh for large clusters: k rounds per cycle, so each node gets up to k peers.
+
+    ``nodes`` are ``(name, zone)`` pairs, zone ``None`` when unlabelled. The k rounds come from
+    one tournament in rotation: cycle c runs tournament rounds (c·k … c·k + k − 1) mod R.
+
+    Guarantee: any ``max_sample_age_cycles(N, k)`` = ceil(R/k) consecutive cycles (starting at
+    any cycle) run k·ceil(R/k) ≥ R consecutive tournament rounds, i.e. all of them, so every
+    unordered pair is measured at least once in every such window. It holds as long as the
+    node set is unchanged (names, zone labels, and k): a join or leave changes the tournament
+    (and R), a relabel or a new k may change the layout, and either restarts the rotation, so
+    right after a change a pair may wait up to one window more.
+
+    Zone awareness: with at least two zones, the node order fed to the circle method is the
+    one of a few deterministic layouts (see :func:`_zone_layout`) with the most cross-zone
+    pairs in cycle 0's rounds, the zone-blind order being one of the candidates; for large
+    clusters that is the split layout, which makes round 0 cross zones wherever the sizes
+    allow (3 zones of 1,667 nodes, k = 3: 7,494 of 7,500 pairs cross zones, zone-blind about
+    5,000). Over a whole rotation every pair is still measured exactly once, so the layout
+    decides *when* cross-zone pairs come (early in the rotation), not how often; the
+    intra-zone pairs gather later in the rotation. With no zone labels (or a single zone) the
+    layout is the sorted names, the same tournament as :func:`mesh_rounds`.
+
+    Orientation: a tournament round's base orientation (see the module docstring) is flipped in
+    odd epochs, the epoch of a round being floor(j / R) for its absolute index j = c·k + t
+    (floor(c·k / R) for every round of a cycle that lies inside one epoch; a cycle that
+    straddles the end of an epoch flips from the boundary on). Each pair is measured once per
+    epoch, so it swaps client and server every time it is measured, and over two epochs every
+    node is the client in half of its pairs, give or take one.
+
+    k ≥ R: the full mesh, exactly ``mesh_rounds(names, cycle)``. Fewer than two nodes: ``[]``.
+    Duplicate names count once (the zone is the smallest label seen for the name, a label
+    winning over ``None``). Only the k rounds asked for are built.
+    """
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    zones = _zones_by_name(nodes)
+    rounds = tournament_size(len(zones))
+    if rounds == 0:
+        return []
+    if k >= rounds:
+        return mesh_rounds(list(zones), cycle)
+    circle, fixed = _circle(_zone_layout(zones, k))
+    start = cycle * k
+    with _gc_paused():
+        return [_round(circle, fixed, (start + t) % rounds, bool(((start + t) // rounds) & 1))
+                for t in range(k)]
+
+
+# --- the circle method ------------------------------------------------------------------------
+
+def _circle(positions: list[_T]) -> tuple[list[_T], _T | None]:
+    """The doubled circle (positions 0 … L−1, twice, for wrap-free slicing) and the fixed
+    position's node (``None``: a bye, odd N)."""
+    if len(positions) % 2 == 0:
+        ring, fixed = positions[:-1], positions[-1]
+    else:
+        ring, fixed = positions, None
+    return ring + ring, fixed
+
+
+def _round(doubled: list[str], fixed: str | None, r: int, flip: bool) -> list[Pair]:
+    """Tournament round r: its ⌊N/2⌋ pairs, in base orientation or flipped."""
+    size = len(doubled) // 2          # L, odd
+    half = (size + 1) // 2            # M/2: pairs a round, counting the fixed / bye one
+    ahead = doubled[r + 1:r + half]                        # (r + i) mod L, i = 1 … M/2 − 1
+    behind = doubled[r + size - 1:r + size - half:-1]      # (r − i) mod L
+    if flip:
+        ahead, behind = behind, ahead
+    if fixed is None:                 # odd N: doubled[r] sits this round out
+        return list(map(Pair, ahead, behind))
+    pairs = [Pair(fixed, doubled[r]) if (r % 2 == 0) != flip else Pair(doubled[r], fixed)]
+    pairs += map(Pair, ahead, behind)
+    return pairs
+
+
+class _gc_paused:
+    """Pause the cyclic garbage collector while a plan's Pairs are allocated: the objects
+    cannot form cycles, and without the pause the collector's generation-0 passes over
+    hundreds of thousands of fresh objects take about as long as allocating them."""
+
+    def __enter__(self) -> None:
+        self.was_enabled = gc.isenabled()
+        gc.disable()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.was_enabled:
+            gc.enable()
+
+
+# --- zone-aware layout ------------------------------------------------------------------------
+
+def _zones_by_name(nodes: Sequence[tuple[str, str | None]]) -> dict[str, str | None]:
+    """name → zone, names sorted; a duplicate name keeps its smallest label (a label beats
+    ``None``), so the result does not depend on the input order."""
+    zones: dict[str, str | None] = {}
+    for name, zone in nodes:
+        seen = zones.get(name, zone)
+        if seen is None or (zone is not None and zone < seen):
+            seen = zone
+        zones[name] = seen
+    return {name: zones[name] for name in sorted(zones)}
+
+
+def _zone_layout(zones: dict[str, str | None], k: int) -> list[str]:
+    """The node order handed to the circle method (position 0 first, the fixed position last).
+
+    Fewer than two zones: the sorted names, the same tournament as :func:`mesh_rounds`.
+    Otherwise the candidate layouts below are scored by their cross-zone pairs in tournament
+    rounds 0 … min(k, 16) − 1 (cycle 0's rounds; a few slice comparisons each, no Pairs
+    built) and the best one wins, ties going to the earlier candidate:
+
+    1. split: X = the nodes grouped by zone, the largest zone first (ties by label, ``None``,
+       the unlabelled group, last), names sorted within a zone; with h = ⌊N/2⌋ round 0 pairs
+       X[i] with X[i + h] (odd N: X[0] sits out round 0 and X[1:] is split the same way).
+       The two halves of a zone-grouped list share a zone only where that zone holds more
+       than half of the nodes, so round 0 has the most cross-zone pairs the sizes allow, and
+       round r pairs X[i] with X[i + h − 2r] away from the ends of the halves, still across
+       zones while 2r is below the slack between h and the largest zone. Best for large
+       clusters (3 equal zones of 1,667: 7,494 of cycle 0's 7,500 pairs with k = 3, the
+       zone-blind order about 5,000, the share the zone sizes give on average).
+    2. grouped: X itself (a dominant zone facing all the others).
+    3. interleaved: round-robin over the zones sorted by label, names sorted within a zone.
+    4. the zone-blind sorted names.
+
+    As the zone-blind order is a candidate, cycle 0 never has fewer cross-zone pairs than
+    without labels (for k ≤ 16, where all of its rounds are scored).
+    """
+    names = list(zones)                  # sorted
+    groups: dict[str | None, list[str]] = {}
+    for name in names:
+        groups.setdefault(zones[name], []).append(name)
+    if len(groups) < 2:
+        return names
+    by_size = sorted(groups, key=lambda z: (-len(groups[z]), z is None, z or ""))
+    x = [name for zone in by_size for name in groups[zone]]
+    n = len(x)
+    if n % 2 == 0:
+        h = n // 2
+        split = x[:h] + x[:h:-1] + [x[h]]        # circle X[0 … h−1], X[n−1] … X[h+1]; fixed X[h]
+    else:
+        h = (n - 1) // 2
+        split = [x[0]] + x[1:h + 1] + x[:h:-1]   # circle X[0], X[1 … h], X[n−1] … X[h+1]
+    by_label = sorted(groups, key=lambda z: (z is None, z or ""))
+    columns = [groups[z] for z in by_label]
+    interleaved = [col[i] for i in range(max(map(len, columns)))
+                   for col in columns if i < len(col)]
+    candidates = (split, x, interleaved, names)
+    scored = min(k, _SCORED_ROUNDS)
+    best = max(range(len(candidates)),
+               key=lambda c: (_cross_zone_pairs(candidates[c], zones, scored), -c))
+    return candidates[best]
+
+
+#: How many of cycle 0's rounds score a zone layout (bounds the cost for large k).
+_SCORED_ROUNDS = 16
+
+
+def _cross_zone_pairs(layout: list[str], zones: dict[str, str | None], rounds: int) -> int:
+    """Cross-zone pairs in tournament rounds 0 … rounds − 1 of this layout."""
+    doubled, fixed = _circle([zones[name] for name in layout])
+    size = len(doubled) // 2
+    half = (size + 1) // 2
+    total = 0
+    for r in range(rounds):
+        total += sum(map(operator.ne, doubled[r + 1:r + half],
+                         doubled[r + size - 1:r + size - half:-1]))
+        if len(layout) % 2 == 0:
+            total += fixed != doubled[r]
+    return total

@@ -1,0 +1,143 @@
+"""Planner speed: how long beat.rounds takes to plan one cycle for a big cluster.
+
+    .venv/bin/python -m bench.planner [--repeats 5]
+
+A benchmark, run on demand (no root, no lab, no network): nothing is asserted. It times
+
+- ``mesh_rounds`` for 1,000 nodes: the full mesh, 999 rounds × 500 pairs = 499,500 Pairs;
+- ``sampled_rounds`` for 5,000 nodes in 3 zones with k = 3: 3 rounds × 2,500 pairs, built
+  straight from the circle-method formula (zone layout included).
+
+Each is called ``repeats`` times in this process (the first call included) with a different
+cycle number each time, and the table gives the best and the median wall-clock time
+(``time.perf_counter``) against the goal, at most 1 s per plan. The output is Markdown: the
+command, the machine (nproc, CPU model, Python, load average) and the table.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from beat.rounds import Pair, max_sample_age_cycles, mesh_rounds, sampled_rounds
+
+GOAL_S = 1.0
+MESH_NODES = 1_000
+SAMPLED_NODES = 5_000
+SAMPLED_K = 3
+ZONES = ("zone-a", "zone-b", "zone-c")
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine_facts() -> dict[str, str]:
+    return {
+        "nproc": str(os.cpu_count()),
+        "CPU": _cpu_model(),
+        "Python": f"{platform.python_implementation()} {platform.python_version()}",
+        "load average at start (1/5/15 min)": " ".join(f"{v:.2f}" for v in os.getloadavg()),
+    }
+
+
+def command_line(argv: list[str]) -> str:
+    python = sys.executable
+    try:
+        relative = os.path.relpath(python)
+        if not relative.startswith(".."):
+            python = relative
+    except ValueError:
+        pass
+    return shlex.join([python, "-m", "bench.planner", *argv])
+
+
+def time_calls(plan: Callable[[int], list[list[Pair]]], repeats: int) -> tuple[list[float], int, int]:
+    """Wall-clock seconds of ``repeats`` calls (cycle 0, 1, …), and the last plan's rounds and
+    pairs."""
+    times: list[float] = []
+    rounds: list[list[Pair]] = []
+    for cycle in range(repeats):
+        del rounds                       # free the previous plan outside the timed region
+        start = time.perf_counter()
+        rounds = plan(cycle)
+        times.append(time.perf_counter() - start)
+    return times, len(rounds), sum(map(len, rounds))
+
+
+def cases() -> list[tuple[str, str, Callable[[int], list[list[Pair]]]]]:
+    mesh_nodes = [f"node-{i:04d}" for i in range(MESH_NODES)]
+    # zone-prefixed names, as clusters name their nodes: the zone-blind order groups the zones
+    per_zone = -(-SAMPLED_NODES // len(ZONES))
+    sampled_nodes = [(f"{ZONES[i // per_zone]}-node-{i:04d}", ZONES[i // per_zone])
+                     for i in range(SAMPLED_NODES)]
+    return [
+        (f"`mesh_rounds`, {MESH_NODES:,} nodes", "full mesh",
+         lambda cycle: mesh_rounds(mesh_nodes, cycle)),
+        (f"`sampled_rounds`, {SAMPLED_NODES:,} nodes, {len(ZONES)} zones, k = {SAMPLED_K}",
+         f"max sample age {max_sample_age_cycles(SAMPLED_NODES, SAMPLED_K):,} cycles",
+         lambda cycle: sampled_rounds(sampled_nodes, SAMPLED_K, cycle)),
+    ]
+
+
+def report(argv: list[str], repeats: int) -> str:
+    facts = machine_facts()
+    started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    rows = []
+    for label, note, plan in cases():
+        times, n_rounds, n_pairs = time_calls(plan, repeats)
+        best, median = min(times), statistics.median(times)
+        verdict = "yes" if max(best, median) <= GOAL_S else "**no**"
+        rows.append(f"| {label} | {n_rounds:,} × {n_pairs // max(n_rounds, 1):,} = {n_pairs:,}"
+                    f" | {note} | {best * 1000:.1f} | {median * 1000:.1f} | {verdict} |")
+    return "\n".join([
+        "## Planner speed",
+        "",
+        "Command (in the repository, no root needed):",
+        "",
+        "```",
+        command_line(argv),
+        "```",
+        "",
+        f"Date: {started}.",
+        "",
+        "Machine:",
+        "",
+        *[f"- {key}: {value}" for key, value in facts.items()],
+        "",
+        f"Goal: at most {GOAL_S:g} s to plan one cycle. Each row: {repeats} calls in one process "
+        "(the first included), a different cycle number each time; wall-clock time.",
+        "",
+        "| plan | rounds × pairs = Pairs | | best of "
+        f"{repeats} ms | median ms | ≤ {GOAL_S:g} s |",
+        "|---|---:|---|---:|---:|---|",
+        *rows,
+    ]) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="python -m bench.planner", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=5, choices=range(1, 101),
+                        metavar="1..100", help="calls per plan (default 5)")
+    args = parser.parse_args(argv)
+    print(report(argv, args.repeats), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
