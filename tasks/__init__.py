@@ -79,7 +79,7 @@ def _measure_exclusively(task, request, settings, redis, task_id, attempt) -> di
         expired = not locks.still_held(redis, lease)
     finally:
         locks.release(redis, lease)
-    result["lock"] = dict(lease.summary(), expired=expired)
+    result["lock"] = dict(lease.summary(), expired=expired, requeued=task.request.retries)
     if expired:
         log.warning("the lock of test %s expired before it finished: result flagged", task_id)
     return result

@@ -203,7 +203,11 @@ def test_restart_backoff_is_bounded():
 
 def test_probe_free_server_and_a_real_test_afterwards(iperf3_port):
     for _ in range(3):
+        before = servers._listen_inodes(iperf3_port)
         assert probe_iperf3(HOST, iperf3_port) == FREE
+        # Back to listening: iperf3 re-creates its listener after every client, this one too.
+        wait_until(lambda: servers._listen_inodes(iperf3_port) not in (before, frozenset()),
+                   1, "the server to listen again")
     done = iperf3_client(iperf3_port)
     assert done.returncode == 0, done.stdout + done.stderr
     assert probe_iperf3(HOST, iperf3_port) == FREE
@@ -239,7 +243,7 @@ def test_probe_client_silent_after_cookie_is_busy(res, iperf3_port):
 def test_supervisor_starts_all_three_and_restarts_a_killed_server(res, caplog):
     caplog.set_level(logging.WARNING, logger=LOGGER)
     sup = running_supervisor(res, servers.SERVER_KINDS)
-    ports = {kind: server.port for kind, server in sup._servers.items()}
+    ports = sup.ports
     assert probe_iperf3(HOST, ports["iperf3"]) == FREE
     for kind in ("iperf2", "netperf"):
         with socket.create_connection((HOST, ports[kind]), timeout=2):
@@ -260,8 +264,9 @@ def test_supervisor_starts_all_three_and_restarts_a_killed_server(res, caplog):
 @pytest.mark.parametrize("stage", ["cookie", "parameters"])
 def test_stuck_busy_iperf3_is_restarted_when_no_lock_is_held(res, caplog, stage):
     caplog.set_level(logging.WARNING, logger=LOGGER)
-    sup = running_supervisor(res, lock_held=lambda: False)
-    port = sup._servers["iperf3"].port
+    testing = threading.Event()   # our own client holds "the lock", as real tests do
+    sup = running_supervisor(res, lock_held=testing.is_set)
+    port = sup.ports["iperf3"]
     old = sup.pid("iperf3")
     res.hold_iperf3(port, stage)
     assert probe_iperf3(HOST, port, 0.5) == BUSY   # busy for everyone now
@@ -273,6 +278,8 @@ def test_stuck_busy_iperf3_is_restarted_when_no_lock_is_held(res, caplog, stage)
     assert time.monotonic() - started < 5
     assert sup.pid("iperf3") != old
     wait_until(lambda: probe_iperf3(HOST, port, 0.5) == FREE, 5, "the new server to listen")
+    testing.set()
+    time.sleep(0.3)   # let a check that looked at the lock just before finish its probe
     done = iperf3_client(port)
     assert done.returncode == 0, done.stdout + done.stderr
     assert [r.getMessage() for r in caplog.records
@@ -281,7 +288,7 @@ def test_stuck_busy_iperf3_is_restarted_when_no_lock_is_held(res, caplog, stage)
 
 def test_busy_iperf3_is_left_alone_while_a_test_holds_its_lock(res):
     sup = running_supervisor(res, lock_held=lambda: True)
-    port = sup._servers["iperf3"].port
+    port = sup.ports["iperf3"]
     old = sup.pid("iperf3")
     res.hold_iperf3(port, "parameters")
     time.sleep(4 * sup.check_interval_s + 0.5)
@@ -299,7 +306,7 @@ def test_two_consecutive_unlocked_busy_checks_are_needed(res):
         return held["answers"].pop(0) if held["answers"] else False
 
     sup = running_supervisor(res, lock_held=lock_held, check_interval_s=3600)
-    port = sup._servers["iperf3"].port
+    port = sup.ports["iperf3"]
     assert sup.check_iperf3() == servers.CHECK_FREE
     res.hold_iperf3(port, "parameters")
     assert sup.check_iperf3() == servers.CHECK_STRIKE
@@ -317,14 +324,14 @@ def test_lock_check_failure_never_kills_the_server(res):
         raise ConnectionError("redis is down")
 
     sup = running_supervisor(res, lock_held=broken, check_interval_s=3600)
-    res.hold_iperf3(sup._servers["iperf3"].port, "parameters")
+    res.hold_iperf3(sup.ports["iperf3"], "parameters")
     assert {sup.check_iperf3() for _ in range(3)} == {servers.CHECK_LOCK_HELD}
     assert sup.restarts["iperf3"] == 0
 
 
 def test_a_crash_loop_backs_off(res):
     sup = running_supervisor(res, check_interval_s=3600)
-    port = sup._servers["iperf3"].port
+    port = sup.ports["iperf3"]
     os.kill(sup.pid("iperf3"), signal.SIGKILL)
     wait_until(lambda: sup.pid("iperf3") is None, 2, "iperf3 to die")
     blocker = socket.socket()                  # the port is taken: every restart fails
@@ -365,12 +372,12 @@ def test_servers_outlive_the_thread_that_started_them(res):
     starter.join()
     time.sleep(0.3)
     assert sup.pid("iperf3") is not None
-    assert probe_iperf3(HOST, sup._servers["iperf3"].port) == FREE
+    assert probe_iperf3(HOST, sup.ports["iperf3"]) == FREE
 
 
 def test_stop_leaves_no_server_process(res):
     sup = running_supervisor(res, servers.SERVER_KINDS)
-    port = sup._servers["netperf"].port
+    port = sup.ports["netperf"]
     # A running netperf test: netserver forks a child for it, which must go too.
     res.popen(["netperf", "-H", HOST, "-p", str(port), "-l", "10"])
     time.sleep(0.5)
@@ -381,7 +388,7 @@ def test_stop_leaves_no_server_process(res):
     wait_until(lambda: not any(group_alive(pgid) for pgid in groups), 3,
                "every server process group to be gone")
     assert all(sup.pid(kind) is None for kind in servers.SERVER_KINDS)
-    assert probe_iperf3(HOST, sup._servers["iperf3"].port, 0.5) == DOWN
+    assert probe_iperf3(HOST, sup.ports["iperf3"], 0.5) == DOWN
 
 
 def test_servers_die_with_the_agent(res):

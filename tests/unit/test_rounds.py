@@ -113,6 +113,17 @@ def test_pair_is_a_frozen_ordered_value():
         p.client = "c"  # type: ignore[misc]
 
 
+def test_bulk_built_pairs_are_ordinary_pairs():
+    from beat.rounds import _pair
+
+    assert not hasattr(Pair, "__post_init__")     # _pair skips __init__; nothing else to run
+    fast, slow = _pair("a", "b"), Pair("a", "b")
+    assert type(fast) is Pair and fast == slow and hash(fast) == hash(slow)
+    assert repr(fast) == repr(slow) and dataclasses.astuple(fast) == ("a", "b")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        fast.server = "c"  # type: ignore[misc]
+
+
 # --- sampled ------------------------------------------------------------------------------------
 
 def sampled_cases():
