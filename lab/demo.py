@@ -1,9 +1,10 @@
 """`cloud-bandwidth lab`: the system on its embedded default, on this machine.
 
 Hosts h1..hN in network namespaces with shaped links, a private Redis, carbon + graphite-web,
-a node agent and the test servers in every host, the result handler and beat. h1 polls the
-other hosts in turn (the star schedule). Results stream to the terminal as the result handler
-writes them; Ctrl-C (or --duration) tears everything down.
+a node agent running its own test servers in every host, the result handler and beat. By
+default the hosts measure each other in a full mesh, in rounds of disjoint pairs (`--schedule
+star`: h1 polls the others in turn, as the original). Results stream to the terminal as the
+result handler writes them; Ctrl-C (or --duration) tears everything down.
 """
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ import sys
 import time
 
 from lab import Lab, LabError, stack
+from workers import registry, store
 
-_SENT = re.compile(r"sent (bandwidth\.(?:download|upload)\.\S+) (\S+) (\d+)")
+_SENT = re.compile(r"sent (bandwidth\.(?:download|upload|mesh)\.\S+) (\S+) (\d+)")
 _FAILED = re.compile(r"(?:download|upload) \S+ -> .*FAILED.*")
 
 
@@ -52,26 +54,34 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def _run(lab: Lab, args: argparse.Namespace, rates: dict[str, float]) -> int:
-    for host in lab.hosts:
-        lab.start_servers(host)
-    targets = ",".join(f"{h.address}:{h.name}" for h in lab.hosts if h.name != "h1")
-    env = stack.base_env(lab, CBANDWIDTH_PERF_SERVERS=targets, CBANDWIDTH_POLLER="h1",
-                         CBANDWIDTH_POLL_INTERVAL=str(args.interval),
+    env = stack.base_env(lab, CBANDWIDTH_POLL_INTERVAL=str(args.interval),
                          CBANDWIDTH_POLL_LENGTH=str(args.length), CBANDWIDTH_TOOL=args.tool,
-                         CBANDWIDTH_SCHEDULE="star", CBANDWIDTH_DIRECTIONS="both")
+                         CBANDWIDTH_SCHEDULE=args.schedule, CBANDWIDTH_DIRECTIONS="both",
+                         CBANDWIDTH_SERVE="iperf3,iperf2,netperf",
+                         CBANDWIDTH_HEARTBEAT_INTERVAL="2")
+    if args.schedule == "star":
+        env.update(CBANDWIDTH_POLLER="h1", CBANDWIDTH_PERF_SERVERS=",".join(
+            f"{h.address}:{h.name}" for h in lab.hosts if h.name != "h1"))
     agents = [stack.start_agent(lab, h.name, env, wait=False) for h in lab.hosts]
     handler = stack.start_result_handler(lab, env, wait=False)
     for process in [*agents, handler]:
         process.wait_for_log(r"ready\.", timeout=60)
+    redis = store.client(lab.redis.url)
+    deadline = time.monotonic() + 30
+    while len(registry.nodes(redis)) < len(lab.hosts) and time.monotonic() < deadline:
+        time.sleep(0.2)
     stack.start_beat(lab, env)
 
     print(f"lab up: {len(lab.hosts)} hosts on {lab.bridge.network}, Redis {lab.redis.url}")
     for h in lab.hosts:
         shaped = f"shaped to {rates[h.name]:g} Mbit/s" if h.name in rates else "unshaped"
         print(f"  {h.name:<4} {h.address:<15} {shaped}")
-    print(f"graphite-web: {lab.graphite.url}/render?target=bandwidth.*.*&format=json")
+    series = "bandwidth.mesh.*.*" if args.schedule == "mesh" else "bandwidth.*.*"
+    print(f"graphite-web: {lab.graphite.url}/render?target={series}&format=json")
     print(f"logs: {lab.state_dir}/logs   (Ctrl-C stops and cleans up)")
-    print(f"h1 measures every other host with {args.tool} every {args.interval} s ...")
+    what = ("h1 measures every other host" if args.schedule == "star"
+            else "the hosts measure each other in rounds of disjoint pairs")
+    print(f"{what} with {args.tool} every {args.interval} s ...")
     sys.stdout.flush()
 
     deadline = time.monotonic() + args.duration if args.duration else None

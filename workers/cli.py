@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     lab.add_argument("--interval", type=int, default=20, help="seconds between cycles")
     lab.add_argument("--length", type=int, default=2, help="seconds per test direction")
     lab.add_argument("--tool", default="iperf3", choices=("iperf3", "iperf2", "netperf"))
+    lab.add_argument("--schedule", default="mesh", choices=("mesh", "star"),
+                     help="mesh: every pair in rounds (default); star: h1 polls the others")
     lab.add_argument("--duration", type=float, default=0,
                      help="stop after this many seconds (0: run until Ctrl-C)")
     lab.set_defaults(func=cmd_lab)

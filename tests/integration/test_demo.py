@@ -25,11 +25,14 @@ def test_lab_demo_streams_shaped_results_and_leaves_nothing_behind():
     assert run.returncode == 0, run.stderr
     assert "graphite-web: http://" in run.stdout
     rates = {m.group(1, 2): float(m.group(3)) for m in re.finditer(
-        r"bandwidth\.(download|upload)\.(h\d)\s+([\d.]+) Mbit/s", run.stdout)}
-    assert set(rates) == {(d, h) for d in ("download", "upload") for h in ("h2", "h3")}
-    for (direction, host), mbit in rates.items():
-        shaped = {"h2": 50, "h3": 200}[host]
-        assert abs(mbit / shaped - 1) <= 0.10, f"{direction} {host}: {mbit} Mbit/s"
+        r"bandwidth\.mesh\.(h\d)\.(h\d)\s+([\d.]+) Mbit/s", run.stdout)}
+    hosts = ("h1", "h2", "h3")
+    assert set(rates) == {(a, b) for a in hosts for b in hosts if a != b}
+    shaped = {"h1": float("inf"), "h2": 50, "h3": 200}
+    for (src, dst), mbit in rates.items():
+        # A flow gets the slower of the sender's egress and the receiver's ingress shaping.
+        expected = min(shaped[src], shaped[dst])
+        assert abs(mbit / expected - 1) <= 0.10, f"{src}->{dst}: {mbit} Mbit/s"
     # The lab's namespaces are named <token>-<host>; its state dir is /tmp/<token>-<random>.
     token = re.search(r"logs: \S*/(cbw\w+)-\w+/logs", run.stdout).group(1)
     assert not [ns for ns in _leftovers() if ns.startswith(token + "-")]
