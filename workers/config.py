@@ -151,30 +151,27 @@ class _Reader:
         return value
 
 
-def _int(reader: _Reader, name: str, default: int, low: int, high: int) -> int:
+def _number(reader: _Reader, name: str, default, low, high, kind=int):
+    """A whole number (kind=int) or a number (kind=float) within [low, high]."""
     raw = reader.raw(name)
     if raw is None or raw == "":
         return default
     try:
-        value = int(raw)
+        value = kind(raw)
     except ValueError:
-        raise ConfigError(name, f"must be a whole number, got {raw!r}") from None
-    if not low <= value <= high:
-        raise ConfigError(name, f"must be between {low} and {high}, got {value}")
-    return value
-
-
-def _float(reader: _Reader, name: str, default: float, low: float, high: float) -> float:
-    raw = reader.raw(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(name, f"must be a number, got {raw!r}") from None
+        what = "a whole number" if kind is int else "a number"
+        raise ConfigError(name, f"must be {what}, got {raw!r}") from None
     if not low <= value <= high:
         raise ConfigError(name, f"must be between {low:g} and {high:g}, got {raw}")
     return value
+
+
+def _int(reader: _Reader, name: str, default: int, low: int, high: int) -> int:
+    return _number(reader, name, default, low, high, int)
+
+
+def _float(reader: _Reader, name: str, default: float, low: float, high: float) -> float:
+    return _number(reader, name, default, low, high, float)
 
 
 def _bool(reader: _Reader, name: str, default: bool) -> bool:
