@@ -19,8 +19,9 @@ local successors = redis.call('HGET', KEYS[3], ARGV[1])
 if successors then
   for _, id in ipairs(cjson.decode(successors)) do
     if redis.call('HINCRBY', KEYS[2], id, -1) == 0 then
-      redis.call('HSET', KEYS[8], id, '1')
-      table.insert(result, redis.call('HGET', KEYS[1], id))
+      local job = redis.call('HGET', KEYS[1], id)
+      redis.call('HSET', KEYS[8], id, cjson.decode(job)['queue'])
+      table.insert(result, job)
     end
   end
 end

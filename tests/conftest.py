@@ -5,6 +5,7 @@ The lab needs root and system tools. Without them a test skips with the reason, 
 """
 from __future__ import annotations
 
+import shutil
 import time
 from typing import Callable, Iterator
 
@@ -28,8 +29,18 @@ def start_lab(**kwargs) -> Lab:
     return lab.start()
 
 
-def wait_until(predicate: Callable[[], object], timeout: float, interval: float = 0.25,
-               what: str = "condition") -> object:
+def require(*binaries: str) -> None:
+    """Skip (or, with CI=true, fail) unless every binary is on PATH."""
+    missing = [name for name in binaries if shutil.which(name) is None]
+    if missing:
+        message = f"not installed: {', '.join(missing)}"
+        if ci_strict():
+            pytest.fail(f"{message} (CI=true: the CI setup must install it)")
+        pytest.skip(message)
+
+
+def wait_until(predicate: Callable[[], object], timeout: float, what: str = "condition",
+               interval: float = 0.1) -> object:
     """Poll `predicate` until it returns something truthy (bounded); fail with `what`."""
     deadline = time.monotonic() + timeout
     while True:

@@ -99,16 +99,21 @@ def _start_servers(sender=None, **_):
     settings = config.get()
     if not settings.serve or not _is_agent(sender, settings):
         return
-    from workers.servers import Supervisor
+    from workers.servers import ServerStartError, Supervisor
 
-    _supervisor = Supervisor(
+    supervisor = Supervisor(
         settings.serve, settings.node_address,
         {"iperf3": settings.iperf3_port, "iperf2": settings.iperf2_port,
          "netperf": settings.netperf_port},
         idle_timeout_s=settings.server_idle_timeout_s,
         lock_held=lambda: _own_server_locked(settings),
         check_interval_s=settings.heartbeat_interval_s)
-    _supervisor.start()
+    try:
+        _supervisor = supervisor.start()
+    except ServerStartError as exc:
+        # Still useful as a client; other nodes' tests against it fail as unreachable.
+        log.error("could not start this node's test servers: %s", exc)
+        return
     log.info("serving %s on %s", ", ".join(settings.serve), settings.node_address or "*")
 
 

@@ -43,6 +43,12 @@ from workers.hosts import ip_version, validate_target
 
 __all__ = [
     "BUSY",
+    "CHECK_DOWN",
+    "CHECK_FREE",
+    "CHECK_LOCK_HELD",
+    "CHECK_NOT_RUNNING",
+    "CHECK_RESTARTED",
+    "CHECK_STRIKE",
     "DOWN",
     "FREE",
     "SERVER_KINDS",

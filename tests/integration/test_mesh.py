@@ -174,3 +174,40 @@ def test_node_leaving_and_joining_changes_the_next_plan(mesh_cluster):
         beat.stop()
     planned = [int(n) for n in re.findall(r"(\d+) mesh job\(s\) planned", beat.read_log())]
     assert planned[0] == 10 and planned[-1] == 15
+
+
+def test_nodes_command_lists_every_agent_with_a_fresh_heartbeat(mesh_cluster):
+    import subprocess
+
+    from tests.integration.test_pipeline import _env
+
+    lab, app, agents, env, redis = mesh_cluster
+    run = subprocess.run([stack.CELERY.replace("celery", "cloud-bandwidth"), "nodes"],
+                         env=_env(env), capture_output=True, text=True, timeout=30)
+    assert run.returncode == 0, run.stderr
+    rows = [line.split() for line in run.stdout.splitlines()[1:]]
+    assert sorted(row[0] for row in rows) == HOSTS
+    assert all(row[3] == "ok" and float(row[2].rstrip("s")) <= 2 for row in rows)
+
+
+def test_a_node_that_dies_mid_cycle_delays_only_its_own_pairs(mesh_cluster):
+    lab, app, agents, env, redis = mesh_cluster
+    # A cycle left running by an earlier test's beat finishes first (its jobs still run).
+    wait_until(lambda: redis.get("cbw:cycle:guard") is None, 60, what="the earlier cycle")
+    before = {r["task_id"] for r in _results(redis)}
+    beat = stack.start_beat(lab, env, name="beat-vanish")
+    try:
+        wait_until(lambda: "15 mesh job(s) planned" in beat.read_log(), 30, what="a cycle")
+        agents["h6"].kill(signal.SIGKILL)  # no goodbye: its registry entry must expire
+        killed = time.monotonic()
+        wait_until(lambda: redis.get("cbw:node:h6") is None, 5, interval=0.1,
+                   what="h6 to drop out of the registry")
+        assert time.monotonic() - killed <= 3 * 1 + 1  # three heartbeat periods (1 s)
+        wait_until(lambda: "left the registry" in beat.read_log(), 20,
+                   what="beat to skip h6's jobs")
+        wait_until(lambda: redis.get("cbw:cycle:guard") is None, 60, what="the cycle to end")
+    finally:
+        beat.stop()
+    cycle = [r for r in _results(redis) if r["task_id"] not in before and r.get("mode")]
+    untouched = [r for r in cycle if "h6" not in (r["node"], r["peer"])]
+    assert len(untouched) == 10 and all(r["status"] == "ok" for r in untouched)

@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import pytest
-from celery.exceptions import TimeoutError as CeleryTimeout
 
 from lab import stack
 from tests.conftest import start_lab, wait_until

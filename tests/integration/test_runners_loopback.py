@@ -10,7 +10,6 @@ import contextlib
 import dataclasses
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import require
 from workers import runners
 from workers.measurement import TestSpec as Spec  # not Test*: pytest would collect it
 from workers.runners import base, iperf2, iperf3, netperf
@@ -28,16 +28,6 @@ from workers.runners import base, iperf2, iperf3, netperf
 LENGTH_S = 1
 MARGIN_S = 1.5  # kill timeout = LENGTH_S + MARGIN_S in the timeout tests
 BINARIES = {"iperf3": ("iperf3",), "iperf2": ("iperf",), "netperf": ("netperf", "netserver")}
-
-
-def require(*binaries: str) -> None:
-    """Skip (or, with CI=true, fail) unless every binary is on PATH."""
-    missing = [name for name in binaries if shutil.which(name) is None]
-    if missing:
-        message = f"not installed: {', '.join(missing)}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{message} (CI=true: the CI setup must install it)")
-        pytest.skip(message)
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:

@@ -10,7 +10,6 @@ import contextlib
 import json
 import logging
 import os
-import shutil
 import signal
 import socket
 import struct
@@ -19,11 +18,12 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import require, wait_until
 from workers import servers
 from workers.servers import BUSY, DOWN, FREE, Supervisor, probe_iperf3, server_argv
 
@@ -34,32 +34,10 @@ STUCK_LINE = "iperf3 server on 127.0.0.1:{port} was busy with no test holding it
              "restarted it"
 
 
-def require(*binaries: str) -> None:
-    """Skip (or, with CI=true, fail) unless every binary is on PATH."""
-    missing = [name for name in binaries if shutil.which(name) is None]
-    if missing:
-        message = f"not installed: {', '.join(missing)}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{message} (CI=true: the CI setup must install it)")
-        pytest.skip(message)
-
-
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind((HOST, 0))
         return sock.getsockname()[1]
-
-
-def wait_until(predicate: Callable[[], object], timeout: float, what: str,
-               interval: float = 0.05) -> object:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
 
 
 def group_alive(pgid: int) -> bool:
@@ -140,6 +118,9 @@ class Resources:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+            for pipe in (proc.stdout, proc.stderr):
+                if pipe is not None:
+                    pipe.close()
         for sock in self.socks:
             sock.close()
 
@@ -218,7 +199,7 @@ def test_probe_busy_during_a_real_test_which_it_does_not_disturb(res, iperf3_por
                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, start_new_session=True)
     res.procs.append(client)
-    wait_until(lambda: probe_iperf3(HOST, iperf3_port) == BUSY, 2.5,
+    wait_until(lambda: probe_iperf3(HOST, iperf3_port) == BUSY, 2,
                "the probe to see the real test", interval=0.1)
     assert probe_iperf3(HOST, iperf3_port) == BUSY
     out, _ = client.communicate(timeout=15)
