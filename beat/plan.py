@@ -15,19 +15,20 @@ earlier tests each one waits for. Deterministic for a given registry and cycle n
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Sequence
 
-from beat.rounds import Pair, mesh_rounds, sampled_rounds
+from beat.rounds import Pair, gc_paused, mesh_rounds, sampled_rounds
 from workers.config import Settings
 from workers.defaults import SHARED_QUEUE
 
 
-@dataclass(frozen=True)
-class Job:
+class Job(NamedTuple):
+    """One test of a cycle. A tuple: a 1,000-node mesh plans half a million of them."""
+
     id: str
     queue: str
-    kwargs: dict[str, Any] = field(default_factory=dict)
+    kwargs: dict[str, Any] = {}
     after: tuple[str, ...] = ()     # ids of the jobs that must finish first
 
 
@@ -75,20 +76,37 @@ def from_rounds(strategy: str, rounds: Sequence[Sequence[Pair]],
                 nodes: dict[str, dict[str, Any]], settings: Settings) -> Plan:
     """Jobs for tournament rounds: the client runs the test against the server's address; each
     job waits for the previous job of each of its two nodes, nothing else."""
+    # Per node once: what a test against it sends and its queue. Jobs share these dicts
+    # (nobody mutates a planned job).
+    against: dict[str, dict[str, Any]] = {}
+    for name, node in nodes.items():
+        kwargs = {"target": node["address"], "name": name, "peer": name, "mode": strategy,
+                  "directions": "both"}
+        port = node.get("ports", {}).get(settings.tool)
+        if port:
+            kwargs["port"] = port
+        against[name] = kwargs
+    queues = {name: f"node.{name}" for name in nodes}
     last: dict[str, str] = {}
     jobs = []
-    for r, pairs in enumerate(rounds):
-        for p, pair in enumerate(pairs):
-            job_id = f"r{r}p{p}"
-            after = tuple(dict.fromkeys(last[n] for n in (pair.client, pair.server) if n in last))
-            server = nodes[pair.server]
-            kwargs = {"target": server["address"], "name": pair.server, "peer": pair.server,
-                      "mode": strategy, "directions": "both"}
-            port = server.get("ports", {}).get(settings.tool)
-            if port:
-                kwargs["port"] = port
-            jobs.append(Job(job_id, f"node.{pair.client}", kwargs, after))
-            last[pair.client] = last[pair.server] = job_id
+    get = last.get
+    make = tuple.__new__  # Job(...) without the keyword-parsing constructor: 1,000 nodes
+    no_wait: tuple[str, ...] = ()
+    # The collector is paused while half a million tuples are made, as in beat.rounds.
+    with gc_paused():
+        for r, pairs in enumerate(rounds):
+            for p, pair in enumerate(pairs):
+                client, server = pair.client, pair.server
+                job_id = f"r{r}p{p}"
+                before_client, before_server = get(client), get(server)
+                if before_client and before_server:
+                    after = (before_client, before_server)
+                elif before_client or before_server:
+                    after = (before_client or before_server,)
+                else:
+                    after = no_wait
+                jobs.append(make(Job, (job_id, queues[client], against[server], after)))
+                last[client] = last[server] = job_id
     return Plan(strategy, tuple(jobs), len(rounds) * _job_seconds(settings, 2))
 
 

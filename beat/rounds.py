@@ -102,7 +102,7 @@ def mesh_rounds(nodes: Sequence[str], cycle: int) -> list[list[Pair]]:
         return []
     flip = bool(cycle & 1)
     circle, fixed = _circle(names)
-    with _gc_paused():
+    with gc_paused():
         return [_round(circle, fixed, (j + cycle) % rounds, flip) for j in range(rounds)]
 
 
@@ -151,7 +151,7 @@ def sampled_rounds(nodes: Sequence[tuple[str, str | None]], k: int,
         return mesh_rounds(list(zones), cycle)
     circle, fixed = _circle(_zone_layout(zones, k))
     start = cycle * k
-    with _gc_paused():
+    with gc_paused():
         return [_round(circle, fixed, (start + t) % rounds, bool(((start + t) // rounds) & 1))
                 for t in range(k)]
 
@@ -183,7 +183,7 @@ def _round(doubled: list[str], fixed: str | None, r: int, flip: bool) -> list[Pa
     return pairs
 
 
-class _gc_paused:
+class gc_paused:
     """Pause the cyclic garbage collector while a plan's Pairs are allocated: the objects
     cannot form cycles, and without the pause the collector's generation-0 passes over
     hundreds of thousands of fresh objects take about as long as allocating them."""
