@@ -25,16 +25,14 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import platform
-import shlex
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
+from bench import common
+from bench.common import bounded_int, command_line, first_line, log
 from lab import Lab, LabError, expected_tcp_goodput_mbit, stack
 
 TOOLS = ("iperf3", "iperf2", "netperf")
@@ -94,27 +92,15 @@ def _tools(text: str) -> list[str]:
     return tools
 
 
-def _bounded_int(low: int, high: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"a whole number is needed, got {text!r}") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"must be in [{low}, {high}], got {value}")
-        return value
-    return parse
-
-
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench.accuracy",
         description="Measure shaped lab links with each tool and report the accuracy.")
     parser.add_argument("--rates", type=_rates, default=_rates(DEFAULT_RATES),
                         help=f"shaped rates in Mbit/s, one host each (default {DEFAULT_RATES})")
-    parser.add_argument("--length", type=_bounded_int(1, 60), default=DEFAULT_LENGTH,
+    parser.add_argument("--length", type=bounded_int(1, 60), default=DEFAULT_LENGTH,
                         help=f"seconds per test (default {DEFAULT_LENGTH})")
-    parser.add_argument("--repeats", type=_bounded_int(1, MAX_REPEATS), default=DEFAULT_REPEATS,
+    parser.add_argument("--repeats", type=bounded_int(1, MAX_REPEATS), default=DEFAULT_REPEATS,
                         help=f"measurements per tool and rate (default {DEFAULT_REPEATS})")
     parser.add_argument("--tools", type=_tools, default=list(TOOLS),
                         help=f"tools to run (default {','.join(TOOLS)})")
@@ -124,57 +110,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 # --- machine facts -----------------------------------------------------------------------
 
 
-def _first_line(argv: list[str]) -> str:
-    """First non-empty output line of a version command (stdout or stderr), or why not."""
-    try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"unavailable ({exc.__class__.__name__})"
-    for line in (done.stdout + "\n" + done.stderr).splitlines():
-        if line.strip():
-            return line.strip()
-    return "unknown"
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def machine_facts() -> dict[str, str]:
-    load = " ".join(f"{v:.2f}" for v in os.getloadavg())
-    return {
-        "nproc": _first_line(["nproc"]),
-        "CPU": _cpu_model(),
-        "kernel": platform.release(),
-        "iperf3": _first_line(["iperf3", "--version"]),
-        "iperf2": _first_line(["iperf", "-v"]),
-        "netperf": _first_line(["netperf", "-V"]),
-        "load average at start (1/5/15 min)": load,
-    }
-
-
-def command_line(argv: list[str]) -> str:
-    python = sys.executable
-    try:
-        relative = os.path.relpath(python)
-        if not relative.startswith(".."):
-            python = relative
-    except ValueError:
-        pass
-    return shlex.join([python, "-m", "bench.accuracy", *argv])
+    return common.machine_facts(("kernel", platform.release()),
+                                ("iperf3", first_line(["iperf3", "--version"])),
+                                ("iperf2", first_line(["iperf", "-v"])),
+                                ("netperf", first_line(["netperf", "-V"])))
 
 
 # --- the run -----------------------------------------------------------------------------
-
-
-def _log(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
 
 
 def start_cluster(lab: Lab, length: int):
@@ -208,8 +151,8 @@ def run(lab: Lab, args: argparse.Namespace, hosts: dict[str, float], rows: list[
     """Fill `rows` (in place, so that an interrupted run keeps what it measured)."""
     began = time.monotonic()
     app = start_cluster(lab, args.length)
-    _log(f"lab ready in {time.monotonic() - began:.1f} s "
-         f"(hosts {', '.join(f'{h}={lab.host(h).address}' for h in lab.host_names)})")
+    log(f"lab ready in {time.monotonic() - began:.1f} s "
+        f"(hosts {', '.join(f'{h}={lab.host(h).address}' for h in lab.host_names)})")
     timeout = 2 * (args.length + TOOL_MARGIN_S) + REQUEST_SLACK_S
     for tool in args.tools:
         for host, rate in hosts.items():
@@ -225,7 +168,7 @@ def run(lab: Lab, args: argparse.Namespace, hosts: dict[str, float], rows: list[
                     for row in by_direction.values():
                         row.attempts += 1
                         row.failures.append(f"request: {exc.__class__.__name__}: {exc}")
-                    _log(f"{tool} {_fmt_rate(rate)} Mbit/s #{repeat}: request failed: {exc}")
+                    log(f"{tool} {_fmt_rate(rate)} Mbit/s #{repeat}: request failed: {exc}")
                     continue
                 parts = []
                 for direction, row in by_direction.items():
@@ -234,7 +177,7 @@ def run(lab: Lab, args: argparse.Namespace, hosts: dict[str, float], rows: list[
                     bps = outcome.get("bits_per_second")
                     parts.append(f"{direction} {bps / 1e6:.1f}" if bps is not None
                                  else f"{direction} FAILED {outcome.get('reason')}")
-                _log(f"{tool} {_fmt_rate(rate)} Mbit/s #{repeat}: " + ", ".join(parts))
+                log(f"{tool} {_fmt_rate(rate)} Mbit/s #{repeat}: " + ", ".join(parts))
 
 
 # --- the report --------------------------------------------------------------------------
@@ -294,7 +237,7 @@ def report(args: argparse.Namespace, argv: list[str], facts: dict[str, str], sta
         "Command (as root, in the repository):",
         "",
         "```",
-        command_line(argv),
+        command_line("bench.accuracy", argv),
         "```",
         "",
         f"Date: {started}; run time {elapsed_s:.0f} s (lab start and teardown included).",
@@ -337,15 +280,15 @@ def main(argv: list[str] | None = None) -> int:
             run(lab, args, hosts, rows)
         complete = True
     except KeyboardInterrupt:
-        _log("\ninterrupted; the lab is torn down.")
+        log("\ninterrupted; the lab is torn down.")
         status = 130
     except LabError as exc:
-        _log(f"bench.accuracy: {exc}")
+        log(f"bench.accuracy: {exc}")
         status = 1
     elapsed = time.monotonic() - began
     if rows:
         print(report(args, argv, facts, started, rows, elapsed, complete), end="")
-    _log(f"total run time {elapsed:.1f} s")
+    log(f"total run time {elapsed:.1f} s")
     return status
 
 

@@ -19,16 +19,16 @@ import argparse
 import datetime
 import os
 import platform
-import shlex
 import statistics
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 from beat import plan
 from beat.plan import Plan
 from beat.rounds import Pair, max_sample_age_cycles, mesh_rounds, sampled_rounds
+from bench import common
+from bench.common import command_line
 from workers.config import load
 
 SETTINGS = load({})
@@ -40,34 +40,10 @@ SAMPLED_K = 3
 ZONES = ("zone-a", "zone-b", "zone-c")
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def machine_facts() -> dict[str, str]:
-    return {
-        "nproc": str(os.cpu_count()),
-        "CPU": _cpu_model(),
-        "Python": f"{platform.python_implementation()} {platform.python_version()}",
-        "load average at start (1/5/15 min)": " ".join(f"{v:.2f}" for v in os.getloadavg()),
-    }
-
-
-def command_line(argv: list[str]) -> str:
-    python = sys.executable
-    try:
-        relative = os.path.relpath(python)
-        if not relative.startswith(".."):
-            python = relative
-    except ValueError:
-        pass
-    return shlex.join([python, "-m", "bench.planner", *argv])
+    return common.machine_facts(
+        ("Python", f"{platform.python_implementation()} {platform.python_version()}"),
+        nproc=str(os.cpu_count()))
 
 
 def time_calls(plan: Callable[[int], list[list[Pair]]],
@@ -135,7 +111,7 @@ def report(argv: list[str], repeats: int) -> str:
         "Command (in the repository, no root needed):",
         "",
         "```",
-        command_line(argv),
+        command_line("bench.planner", argv),
         "```",
         "",
         f"Date: {started}.",

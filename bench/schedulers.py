@@ -60,16 +60,16 @@ import json
 import math
 import os
 import re
-import shlex
 import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.accuracy import _bounded_int, _cpu_model, _first_line
 from beat import cycles
 from beat.plan import Job, mesh
 from beat.rounds import tournament_size
+from bench import common
+from bench.common import bounded_int, command_line, first_line, load_average, log, wait
 from lab import Lab, LabError, stack
 from lab.process import ProcessExited
 from workers import config, registry, store
@@ -108,16 +108,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench.schedulers",
         description="Run one full-mesh cycle per scheduling strategy on one lab and compare.")
-    parser.add_argument("--nodes", type=_bounded_int(2, 40), default=DEFAULT_NODES,
+    parser.add_argument("--nodes", type=bounded_int(2, 40), default=DEFAULT_NODES,
                         help=f"hosts in the lab, each with a node agent (default "
                              f"{DEFAULT_NODES})")
-    parser.add_argument("--length", type=_bounded_int(1, 60), default=DEFAULT_LENGTH,
+    parser.add_argument("--length", type=bounded_int(1, 60), default=DEFAULT_LENGTH,
                         help=f"seconds per direction, CBANDWIDTH_POLL_LENGTH (default "
                              f"{DEFAULT_LENGTH})")
-    parser.add_argument("--rate", type=_bounded_int(0, 10_000), default=DEFAULT_RATE,
+    parser.add_argument("--rate", type=bounded_int(0, 10_000), default=DEFAULT_RATE,
                         help=f"tbf rate of every host in Mbit/s, 0 = unshaped (default "
                              f"{DEFAULT_RATE})")
-    parser.add_argument("--margin", type=_bounded_int(1, 60), default=DEFAULT_MARGIN,
+    parser.add_argument("--margin", type=bounded_int(1, 60), default=DEFAULT_MARGIN,
                         help=f"CBANDWIDTH_TIMEOUT_MARGIN in seconds (default {DEFAULT_MARGIN})")
     parser.add_argument("--strategies", type=_strategies, default=list(STRATEGIES),
                         help=f"which to run (default {','.join(STRATEGIES)})")
@@ -128,28 +128,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def machine_facts() -> dict[str, str]:
-    return {
-        "nproc": _first_line(["nproc"]),
-        "CPU": _cpu_model(),
-        "kernel": os.uname().release,
-        "iperf3": _first_line(["iperf3", "--version"]),
-        "load average at start (1/5/15 min)": " ".join(f"{v:.2f}" for v in os.getloadavg()),
-    }
-
-
-def command_line(argv: list[str]) -> str:
-    python = sys.executable
-    try:
-        relative = os.path.relpath(python)
-        if not relative.startswith(".."):
-            python = relative
-    except ValueError:
-        pass
-    return shlex.join([python, "-m", "bench.schedulers", *argv])
-
-
-def _log(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
+    return common.machine_facts(("kernel", os.uname().release),
+                                ("iperf3", first_line(["iperf3", "--version"])))
 
 
 # --- the lab -----------------------------------------------------------------------------
@@ -166,17 +146,6 @@ def agent_env(lab: Lab, args: argparse.Namespace, **overrides: str) -> dict[str,
 def settings_for(env: dict[str, str | None]) -> config.Settings:
     """The settings the agents of `env` run with (validated the same way)."""
     return config.load({k: v for k, v in env.items() if v is not None})
-
-
-def _wait(predicate, timeout: float, what: str, interval: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise LabError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
 
 
 class Agents:
@@ -196,14 +165,14 @@ class Agents:
         for process in self.processes:
             process.wait_for_log(r"ready\.", timeout=60)
         n = len(self.lab.hosts)
-        _wait(lambda: self.registered() == n, 30, f"all {n} agents in the registry")
+        wait(lambda: self.registered() == n, 30, f"all {n} agents in the registry")
 
     def stop(self) -> None:
         for process in self.processes:
             process.stop(timeout=15)
         self.processes = []
         # Entries of stopped agents are withdrawn (or expire after three 1 s heartbeats).
-        _wait(lambda: self.registered() == 0, 15, "the stopped agents to leave the registry")
+        wait(lambda: self.registered() == 0, 15, "the stopped agents to leave the registry")
 
 
 # --- strategies --------------------------------------------------------------------------
@@ -250,14 +219,14 @@ def run_cycle(app, redis, outcome: Outcome, cycle_id: str, timeout_s: float) -> 
     keeps what it measured) until every result is in or `timeout_s` passes."""
     strategy, jobs = outcome.strategy, outcome.jobs
     # A cycle given up on (timeout) keeps the guard until its TTL: end it here, as its owner.
-    _wait(lambda: cycles.active(redis) is None, 30, "the previous cycle's guard")
+    wait(lambda: cycles.active(redis) is None, 30, "the previous cycle's guard")
     began = time.monotonic()
     holder, ready = cycles.begin(redis, cycle_id, jobs, int(timeout_s + 120),
                                  meta={"strategy": strategy})
     if holder is not None:
         raise LabError(f"cycle guard held by {holder}")
     cycles.send(app, cycle_id, ready)
-    _log(f"{strategy}: cycle {cycle_id} begun, {len(jobs)} jobs, {len(ready)} sent at once")
+    log(f"{strategy}: cycle {cycle_id} begun, {len(jobs)} jobs, {len(ready)} sent at once")
     deadline = began + timeout_s
     seen = -1
     try:
@@ -266,7 +235,7 @@ def run_cycle(app, redis, outcome: Outcome, cycle_id: str, timeout_s: float) -> 
             if len(outcome.results) != seen:
                 seen = len(outcome.results)
                 outcome.wall_s = time.monotonic() - began
-                _log(f"{strategy}: {seen}/{len(jobs)} results after {outcome.wall_s:.1f} s")
+                log(f"{strategy}: {seen}/{len(jobs)} results after {outcome.wall_s:.1f} s")
             if seen >= len(jobs):
                 outcome.complete = True
                 break
@@ -524,7 +493,7 @@ def report(args: argparse.Namespace, argv: list[str], facts: dict[str, str], sta
         "Command (as root, in the repository):",
         "",
         "```",
-        command_line(argv),
+        command_line("bench.schedulers", argv),
         "```",
         "",
         f"Date: {started}; run time {elapsed_s:.0f} s (lab start, agent restart and teardown "
@@ -589,7 +558,7 @@ def run(lab: Lab, args: argparse.Namespace, rows: list[Row]) -> None:
     agents.start(normal)
     handler.wait_for_log(r"ready\.", timeout=60)
     nodes = registry.nodes(redis)
-    _log(f"lab ready in {time.monotonic() - began:.1f} s: {len(nodes)} nodes registered")
+    log(f"lab ready in {time.monotonic() - began:.1f} s: {len(nodes)} nodes registered")
     app = stack.client(lab)
     pairs = args.nodes * (args.nodes - 1) // 2
     timeout = pairs * 2 * (args.length + args.margin) + CYCLE_SLACK_S
@@ -598,7 +567,7 @@ def run(lab: Lab, args: argparse.Namespace, rows: list[Row]) -> None:
         restarted = False
         for strategy in (s for s in RUN_ORDER if s in args.strategies):
             if strategy == "naive" and not restarted:
-                _log("restarting the agents with CBANDWIDTH_LOCK_WAIT=0")
+                log("restarting the agents with CBANDWIDTH_LOCK_WAIT=0")
                 agents.stop()
                 agents.start(naive)
                 restarted = True
@@ -613,10 +582,10 @@ def run(lab: Lab, args: argparse.Namespace, rows: list[Row]) -> None:
                 raise
             row = summarise(outcome, args.nodes, args.length, received_times(lab))
             rows.append(row)
-            _log(f"{strategy}: makespan {row.makespan_s:.1f} s (÷ bound {row.ratio:.2f}), "
-                 f"busy {row.busy}, requeues {row.requeues}, overlaps {row.overlaps}, "
-                 f"hand-off median {row.gap_median_ms:.0f} ms p90 {row.gap_p90_ms:.0f} ms, "
-                 f"median test {row.duration_median_s:.2f} s")
+            log(f"{strategy}: makespan {row.makespan_s:.1f} s (÷ bound {row.ratio:.2f}), "
+                f"busy {row.busy}, requeues {row.requeues}, overlaps {row.overlaps}, "
+                f"hand-off median {row.gap_median_ms:.0f} ms p90 {row.gap_p90_ms:.0f} ms, "
+                f"median test {row.duration_median_s:.2f} s")
     finally:
         try:
             app.close()
@@ -646,16 +615,16 @@ def main(argv: list[str] | None = None) -> int:
             run(lab, args, rows)
         complete = True
     except KeyboardInterrupt:
-        _log("\ninterrupted; the lab is torn down.")
+        log("\ninterrupted; the lab is torn down.")
         status = 130
     except (LabError, TimeoutError, ProcessExited, config.ConfigError) as exc:
-        _log(f"bench.schedulers: {exc}")
+        log(f"bench.schedulers: {exc}")
         status = 1
     elapsed = time.monotonic() - began
-    load_end = " ".join(f"{v:.2f}" for v in os.getloadavg())
+    load_end = load_average()
     if rows:
         print(report(args, argv, facts, started, rows, elapsed, complete, load_end), end="")
-    _log(f"total run time {elapsed:.1f} s")
+    log(f"total run time {elapsed:.1f} s")
     return status
 
 

@@ -21,8 +21,11 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TypeVar
+
+from .errors import LabError
 
 __all__ = [
     "LabProcess",
@@ -30,11 +33,15 @@ __all__ = [
     "free_port",
     "launch",
     "merged_env",
+    "wait_for",
     "wait_for_tcp",
 ]
 
 _PR_SET_PDEATHSIG = 1
 _libc = None
+
+
+T = TypeVar("T")
 
 
 class ProcessExited(RuntimeError):
@@ -236,3 +243,16 @@ def wait_for_tcp(
             tail = f"; log {process.log_path}:\n{process.log_tail()}" if process else ""
             raise TimeoutError(f"{host}:{port} did not accept connections within {timeout} s{tail}")
         time.sleep(0.05)
+
+
+def wait_for(predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.1) -> T:
+    """Poll `predicate` until it returns something truthy and return that; raise LabError
+    naming `what` once `timeout` seconds have passed. Shared by tests and benchmarks."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise LabError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)

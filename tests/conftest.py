@@ -6,12 +6,12 @@ The lab needs root and system tools. Without them a test skips with the reason, 
 from __future__ import annotations
 
 import shutil
-import time
 from typing import Callable, Iterator
 
 import pytest
 
-from lab import Lab, ci_strict
+from lab import Lab, LabError, ci_strict
+from lab.process import wait_for
 
 
 def skip_or_fail(problems: list[str]) -> None:
@@ -41,15 +41,12 @@ def require(*binaries: str) -> None:
 
 def wait_until(predicate: Callable[[], object], timeout: float, what: str = "condition",
                interval: float = 0.1) -> object:
-    """Poll `predicate` until it returns something truthy (bounded); fail with `what`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
+    """Poll `predicate` until it returns something truthy (bounded); fail the test naming
+    `what` when it does not."""
+    try:
+        return wait_for(predicate, timeout, what, interval)
+    except LabError as exc:
+        pytest.fail(str(exc))
 
 
 @pytest.fixture

@@ -27,12 +27,15 @@ def cmd_nodes(args: argparse.Namespace) -> int:
               f"{config.mask_url(settings.redis_url)}: {exc}", file=sys.stderr)
         return 1
     now = time.time()
-    print(f"{'NAME':<20} {'ADDRESS':<40} {'AGE':>6}  {'HEALTH':<8} TOOLS")
+    print(f"{'NAME':<20} {'ADDRESS':<40} {'AGE':>6}  {'HEALTH':<8} {'TASKS':>6} "
+          f"{'LAST TASK':>9}  TOOLS")
     for node in entries:
         age = now - node.get("heartbeat", 0)
         health = "ok" if age <= 2 * settings.heartbeat_interval_s else "late"
+        last = node.get("last_received")
+        last_text = f"{now - last:.0f}s ago" if last else "never"
         print(f"{node['name']:<20} {node['address']:<40} {age:>5.1f}s  {health:<8} "
-              f"{','.join(node.get('tools', []))}")
+              f"{node.get('received', 0):>6} {last_text:>9}  {','.join(node.get('tools', []))}")
     if not entries:
         print("(no node agent registered)")
     return 0
