@@ -14,6 +14,13 @@ redis.call('HINCRBY', KEYS[7], 'outcome:' .. ARGV[3], 1)
 for i = 4, #ARGV - 1, 2 do
   redis.call('HINCRBYFLOAT', KEYS[7], 'busy:' .. ARGV[i], ARGV[i + 1])
 end
+-- The done set and the stats hash come into being here: give them the cycle's lifetime
+-- (that of its jobs hash), or they would outlive it forever.
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl > 0 then
+  redis.call('PEXPIRE', KEYS[6], ttl)
+  redis.call('PEXPIRE', KEYS[7], ttl)
+end
 local result = {0}
 local successors = redis.call('HGET', KEYS[3], ARGV[1])
 if successors then

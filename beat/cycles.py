@@ -68,10 +68,8 @@ def begin(r: redis.Redis, cycle_id: str, jobs: Sequence[Any], ttl_s: int,
         pipe.set(cycle_key(cycle_id, "remaining"), len(documents), ex=ttl_s)
         pipe.hset(cycle_key(cycle_id, "meta"), mapping={
             "started": time.time(), "planned": len(documents), **(meta or {})})
-        for part in ("meta", "stats", "done"):
-            pipe.expire(cycle_key(cycle_id, part), ttl_s)
+        pipe.expire(cycle_key(cycle_id, "meta"), ttl_s)
         pipe.execute()
-    r.expire(cycle_key(cycle_id, "stats"), ttl_s)
     return None, ready
 
 
