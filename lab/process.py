@@ -12,8 +12,6 @@ project's own Celery commands) is started through :func:`launch` and usually wra
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
 import re
 import signal
@@ -24,6 +22,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar
+
+from workers.lifetime import die_with_parent
 
 from .errors import LabError
 
@@ -36,9 +36,6 @@ __all__ = [
     "wait_for",
     "wait_for_tcp",
 ]
-
-_PR_SET_PDEATHSIG = 1
-_libc = None
 
 
 T = TypeVar("T")
@@ -59,14 +56,6 @@ def merged_env(env: Mapping[str, str | None] | None) -> dict[str, str]:
     return result
 
 
-def _set_parent_death_signal() -> None:
-    """preexec_fn: ask the kernel to SIGTERM this child when its parent thread dies."""
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-
-
 def launch(
     argv: Sequence[str],
     *,
@@ -83,7 +72,7 @@ def launch(
     # process: a child started from a short-lived worker thread would be killed when that thread
     # ends. So it is only armed for children of the main thread (the normal case for tests,
     # benchmarks and the demo command).
-    preexec = _set_parent_death_signal if threading.current_thread() is threading.main_thread() else None
+    preexec = die_with_parent(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
     if log_path is not None:
         Path(log_path).parent.mkdir(parents=True, exist_ok=True)
         out = open(log_path, "ab")  # closed below, once the child inherited it

@@ -24,14 +24,12 @@ children included); PR_SET_PDEATHSIG=SIGKILL so servers die with the agent.
 from __future__ import annotations
 
 import collections
-import ctypes
 import logging
 import os
 import secrets
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -40,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from workers.hosts import ip_version, validate_target
+from workers.lifetime import die_with_parent
 
 __all__ = [
     "BUSY",
@@ -193,25 +192,6 @@ def _tcp_listening(address: str, port: int, timeout_s: float) -> bool:
 
 
 # --- processes ------------------------------------------------------------------------------
-
-_PR_SET_PDEATHSIG = 1
-_libc = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
-
-
-def _pdeathsig_preexec(parent_pid: int) -> Callable[[], None]:
-    """A preexec_fn: in the child, before exec, ask for SIGKILL when the parent goes away.
-
-    The kernel's "parent" is the *thread* that forked the child, which is why the Supervisor
-    forks every server from one thread that lives as long as it does. If the agent already
-    died between fork and prctl, the signal would never come: exit instead.
-    """
-    def preexec() -> None:
-        if _libc is not None:
-            _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != parent_pid:
-            os._exit(1)
-    return preexec
-
 
 def _restart_delay(crashes: int) -> float:
     """Seconds to wait before restarting a server that exited ``crashes`` times in a row soon
@@ -508,7 +488,7 @@ class Supervisor:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=_pdeathsig_preexec(os.getpid()),
+            preexec_fn=die_with_parent(signal.SIGKILL, os.getpid()),
         )
 
     @staticmethod

@@ -7,19 +7,18 @@ output format lives in this module so the runners cannot drift apart.
 """
 from __future__ import annotations
 
-import ctypes
 import math
 import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from workers.hosts import validate_target
+from workers.lifetime import die_with_parent
 from workers.measurement import PROTOCOLS, DirectionResult, Reason, TestSpec
 
 __all__ = [
@@ -80,7 +79,9 @@ def run_tool(argv: Sequence[str], timeout_s: float) -> ProcessOutcome:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             start_new_session=True,
-            preexec_fn=_die_with_parent,
+            # A worker killed mid-test would otherwise leave its iperf3 client running in its
+            # own session, holding the server busy for the retry of the very same test.
+            preexec_fn=die_with_parent(signal.SIGKILL),
         )
     except (FileNotFoundError, PermissionError) as exc:
         return ProcessOutcome(returncode=None, stdout="", stderr=f"{argv[0]}: {exc.strerror}",
@@ -109,19 +110,6 @@ def run_tools(argvs: Sequence[Sequence[str]], timeout_s: float) -> list[ProcessO
         return [run_tool(argvs[0], timeout_s)]
     with ThreadPoolExecutor(max_workers=len(argvs)) as pool:
         return list(pool.map(lambda argv: run_tool(argv, timeout_s), argvs))
-
-
-_PR_SET_PDEATHSIG = 1
-_libc = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: SIGKILL when the worker that started the tool dies.
-
-    A worker killed mid-test would otherwise leave its iperf3 client running in its own
-    session, holding the server busy for the retry of the very same test."""
-    if _libc is not None:
-        _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 def _kill_and_reap(proc: subprocess.Popen[bytes]) -> tuple[bytes, bytes]:
