@@ -23,7 +23,6 @@ is bounded: each request has a timeout, the loops run a fixed number of times.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import platform
 import statistics
@@ -33,7 +32,7 @@ from dataclasses import dataclass, field
 
 from bench import common
 from bench.common import bounded_int, command_line, first_line, log
-from lab import Lab, LabError, expected_tcp_goodput_mbit, stack
+from lab import Lab, expected_tcp_goodput_mbit, stack
 
 TOOLS = ("iperf3", "iperf2", "netperf")
 DIRECTIONS = ("download", "upload")
@@ -264,32 +263,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     hosts = {f"h{i}": rate for i, rate in enumerate(args.rates, start=2)}
     lab = Lab(["h1", *hosts], shaping=hosts, redis=True, carbon=True)
-    problems = lab.preflight()
-    if problems:
-        print("bench.accuracy: cannot start the lab: " + "; ".join(problems), file=sys.stderr)
-        print("  (run it as root after `bash scripts/setup.sh`)", file=sys.stderr)
-        return 1
-    facts = machine_facts()
-    started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    began = time.monotonic()
     rows: list[Row] = []
-    complete = False
-    status = 0
-    try:
-        with lab:
-            run(lab, args, hosts, rows)
-        complete = True
-    except KeyboardInterrupt:
-        log("\ninterrupted; the lab is torn down.")
-        status = 130
-    except LabError as exc:
-        log(f"bench.accuracy: {exc}")
-        status = 1
-    elapsed = time.monotonic() - began
+    outcome = common.run_on_lab("bench.accuracy", lab, machine_facts,
+                                lambda: run(lab, args, hosts, rows))
+    if outcome is None:
+        return 1
     if rows:
-        print(report(args, argv, facts, started, rows, elapsed, complete), end="")
-    log(f"total run time {elapsed:.1f} s")
-    return status
+        print(report(args, argv, outcome.facts, outcome.started, rows, outcome.elapsed_s,
+                     outcome.complete), end="")
+    log(f"total run time {outcome.elapsed_s:.1f} s")
+    return outcome.status
 
 
 if __name__ == "__main__":

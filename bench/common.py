@@ -6,12 +6,16 @@ import argparse
 import os
 import platform
 import shlex
+import datetime
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
+from dataclasses import dataclass
 from typing import TypeVar
 
+from lab import Lab, LabError, explain_unavailable
 from lab.process import wait_for
 
 
@@ -93,3 +97,41 @@ def bounded_int(low: int, high: int) -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(f"must be in [{low}, {high}], got {value}")
         return value
     return parse
+
+
+@dataclass
+class LabRun:
+    """How a benchmark's run on the lab went."""
+
+    status: int          # the exit status: 0, 1 (the lab failed) or 130 (Ctrl-C)
+    complete: bool       # every measurement ran
+    elapsed_s: float
+    started: str         # UTC date and time, for the report
+    facts: dict[str, str]
+
+
+def run_on_lab(module: str, lab: Lab, facts: Callable[[], dict[str, str]],
+               body: Callable[[], None], errors: tuple[type[BaseException], ...] = ()
+               ) -> LabRun | None:
+    """Check the lab's prerequisites, then run `body` with the lab started and torn down
+    whatever happens (Ctrl-C included). Returns None when the lab cannot start here (said on
+    stderr); `errors` are failures that end the run but still leave a partial report."""
+    problems = lab.preflight()
+    if problems:
+        explain_unavailable(module, problems)
+        return None
+    run = LabRun(0, False, 0.0, datetime.datetime.now(datetime.timezone.utc).strftime(
+        "%Y-%m-%d %H:%M UTC"), facts())
+    began = time.monotonic()
+    try:
+        with lab:
+            body()
+        run.complete = True
+    except KeyboardInterrupt:
+        log("\ninterrupted; the lab is torn down.")
+        run.status = 130
+    except (LabError, *errors) as exc:
+        log(f"{module}: {exc}")
+        run.status = 1
+    run.elapsed_s = time.monotonic() - began
+    return run

@@ -55,7 +55,6 @@ is bounded. Only the lab's own namespace hosts are measured.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import math
 import os
@@ -599,33 +598,18 @@ def main(argv: list[str] | None = None) -> int:
     hosts = [f"h{i}" for i in range(1, args.nodes + 1)]
     lab = Lab(hosts, shaping={h: args.rate for h in hosts} if args.rate else None,
               redis=True, carbon=True)
-    problems = lab.preflight()
-    if problems:
-        print("bench.schedulers: cannot start the lab: " + "; ".join(problems), file=sys.stderr)
-        print("  (run it as root after `bash scripts/setup.sh`)", file=sys.stderr)
-        return 1
-    facts = machine_facts()
-    started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    began = time.monotonic()
     rows: list[Row] = []
-    complete = False
-    status = 0
-    try:
-        with lab:
-            run(lab, args, rows)
-        complete = True
-    except KeyboardInterrupt:
-        log("\ninterrupted; the lab is torn down.")
-        status = 130
-    except (LabError, TimeoutError, ProcessExited, config.ConfigError) as exc:
-        log(f"bench.schedulers: {exc}")
-        status = 1
-    elapsed = time.monotonic() - began
+    outcome = common.run_on_lab("bench.schedulers", lab, machine_facts,
+                                lambda: run(lab, args, rows),
+                                errors=(TimeoutError, ProcessExited, config.ConfigError))
+    if outcome is None:
+        return 1
     load_end = load_average()
     if rows:
-        print(report(args, argv, facts, started, rows, elapsed, complete, load_end), end="")
-    log(f"total run time {elapsed:.1f} s")
-    return status
+        print(report(args, argv, outcome.facts, outcome.started, rows, outcome.elapsed_s,
+                     outcome.complete, load_end), end="")
+    log(f"total run time {outcome.elapsed_s:.1f} s")
+    return outcome.status
 
 
 if __name__ == "__main__":

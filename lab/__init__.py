@@ -9,7 +9,7 @@ Stdlib only; needs root. Modules: :mod:`lab.netns` (bridge, hosts, shaping, cras
 from .core import Lab
 from .errors import LabError, LabUnavailable
 from .netns import Bridge, Host, cleanup_stale, expected_tcp_goodput_mbit
-from .preflight import ci_strict, preflight, require
+from .preflight import ci_strict, explain_unavailable, preflight, require
 from .process import LabProcess
 from .services import Carbon, GraphiteWeb, RedisServer
 
@@ -24,6 +24,7 @@ __all__ = [
     "LabUnavailable",
     "RedisServer",
     "ci_strict",
+    "explain_unavailable",
     "cleanup_stale",
     "expected_tcp_goodput_mbit",
     "preflight",

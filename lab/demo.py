@@ -13,7 +13,7 @@ import re
 import sys
 import time
 
-from lab import Lab, LabError, stack
+from lab import Lab, LabError, explain_unavailable, stack
 from workers import registry, store
 
 _SENT = re.compile(r"sent (bandwidth\.(?:download|upload|mesh)\.\S+) (\S+) (\d+)")
@@ -38,9 +38,7 @@ def run_demo(args: argparse.Namespace) -> int:
     lab = Lab(args.hosts, shaping=rates, redis=True, graphite=True)
     problems = lab.preflight()
     if problems:
-        print("cloud-bandwidth lab: cannot start the lab: " + "; ".join(problems),
-              file=sys.stderr)
-        print("  (run it as root after `bash scripts/setup.sh`)", file=sys.stderr)
+        explain_unavailable("cloud-bandwidth lab", problems)
         return 1
     try:
         with lab:

@@ -95,3 +95,9 @@ def require(**needs: bool) -> None:
     problems = preflight(**needs)
     if problems:
         raise LabUnavailable(f"lab unavailable: {'; '.join(problems)} ({_INSTALL_HINT})")
+
+
+def explain_unavailable(program: str, problems: list[str]) -> None:
+    """Tell the user on stderr why the lab cannot start here, and what to do."""
+    print(f"{program}: cannot start the lab: " + "; ".join(problems), file=sys.stderr)
+    print("  (run it as root after `bash scripts/setup.sh`)", file=sys.stderr)
