@@ -10,8 +10,10 @@ import json
 import os
 import re
 import signal
+import sys
 import time
 from itertools import combinations
+from pathlib import Path
 
 import pytest
 
@@ -182,7 +184,8 @@ def test_nodes_command_lists_every_agent_with_a_fresh_heartbeat(mesh_cluster):
     from tests.integration.test_pipeline import _env
 
     lab, app, agents, env, redis = mesh_cluster
-    run = subprocess.run([stack.CELERY.replace("celery", "cloud-bandwidth"), "nodes"],
+    cli = str(Path(sys.executable).with_name("cloud-bandwidth"))
+    run = subprocess.run([cli, "nodes"],
                          env=_env(env), capture_output=True, text=True, timeout=30)
     assert run.returncode == 0, run.stderr
     rows = [line.split() for line in run.stdout.splitlines()[1:]]

@@ -3,11 +3,13 @@ crash (SIGKILL) followed by cleanup_stale()."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -89,8 +91,10 @@ def test_close_twice_and_host_close_is_idempotent() -> None:
     assert lab.token is not None and _leftovers(lab.token) == []
 
 
-def _child_lab(code_after_start: str) -> tuple[subprocess.Popen[str], list[str]]:
-    """A separate Python process that starts a lab and reports its token and pids."""
+@contextlib.contextmanager
+def _child_lab(code_after_start: str) -> Iterator[tuple[subprocess.Popen[str], list[str]]]:
+    """A separate Python process that starts a lab and reports its token and pids; killed
+    (if still running) and its leftovers cleaned up when the block ends, whatever happened."""
     code = (
         "import sys, time\n"
         "from lab import Lab\n"
@@ -108,29 +112,28 @@ def _child_lab(code_after_start: str) -> tuple[subprocess.Popen[str], list[str]]
         status = child.wait(10)
         child.stdout.close()
         pytest.fail(f"child lab did not start (exit {status})")
-    return child, line
-
-
-def test_sigterm_tears_the_lab_down() -> None:
-    _full_lab()  # only for its prerequisite check: skips, or fails in CI
-    child, (token, *pids) = _child_lab("time.sleep(60)")
     try:
-        child.send_signal(signal.SIGTERM)
-        assert child.wait(30) == -signal.SIGTERM
-        assert _leftovers(token) == []
-        assert _wait_dead([int(p) for p in pids], timeout=2) == []
+        yield child, line
     finally:
         if child.poll() is None:
             child.kill()
             child.wait()
-        child.stdout.close()  # type: ignore[union-attr]
+        child.stdout.close()
         cleanup_stale()
+
+
+def test_sigterm_tears_the_lab_down() -> None:
+    _full_lab()  # only for its prerequisite check: skips, or fails in CI
+    with _child_lab("time.sleep(60)") as (child, (token, *pids)):
+        child.send_signal(signal.SIGTERM)
+        assert child.wait(30) == -signal.SIGTERM
+        assert _leftovers(token) == []
+        assert _wait_dead([int(p) for p in pids], timeout=2) == []
 
 
 def test_crashed_run_is_removed_by_cleanup_stale() -> None:
     _full_lab()  # only for its prerequisite check: skips, or fails in CI
-    child, (token, *pids) = _child_lab("time.sleep(60)")
-    try:
+    with _child_lab("time.sleep(60)") as (child, (token, *pids)):
         child.kill()  # SIGKILL: no atexit, no finally
         child.wait(10)
         # The parent-death signal takes the lab's processes down with their owner ...
@@ -140,12 +143,6 @@ def test_crashed_run_is_removed_by_cleanup_stale() -> None:
         removed = cleanup_stale()
         assert any(token in item for item in removed)
         assert _leftovers(token) == []
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
-        child.stdout.close()  # type: ignore[union-attr]
-        cleanup_stale()
 
 
 def test_cleanup_stale_spares_live_labs() -> None:
