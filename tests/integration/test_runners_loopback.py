@@ -185,6 +185,45 @@ def test_iperf3_busy_server():
     assert "busy" in result.error
 
 
+
+def test_iperf3_refused_while_the_server_is_between_tests_is_retried_and_measured():
+    # Given a server that starts listening only after the client's first connect (as a
+    # persistent iperf3 -s does while it re-creates its listener after the previous test),
+    # when the runner runs, then the refusal is retried within the short window and the test
+    # is measured instead of being reported unreachable.
+    require("iperf3")
+    port = free_port()
+    late = threading.Timer(0.15, lambda: holder.append(subprocess.Popen(
+        ["iperf3", "-s", "-p", str(port)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, start_new_session=True)))
+    holder: list[subprocess.Popen] = []
+    late.start()
+    try:
+        result = runners.run(spec("iperf3", port))
+    finally:
+        late.cancel()
+        late.join()
+        for proc in holder:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert result.ok, (result.reason, result.error)
+    assert result.extra.get("control_retries", 0) >= 1
+
+
+def test_iperf3_server_that_is_really_gone_is_unreachable_within_a_bound():
+    # Given nothing listening, the retries end after their fixed pauses: still unreachable,
+    # quickly, and never a 0 bps measurement.
+    require("iperf3")
+    started = time.monotonic()
+    result = runners.run(spec("iperf3", free_port()))
+    elapsed = time.monotonic() - started
+    assert (result.status, result.reason) == ("failed", "unreachable")
+    assert result.bits_per_second is None
+    assert result.extra["control_retries"] == len(base.RETRY_PAUSES_S)
+    assert elapsed < sum(base.RETRY_PAUSES_S) + 1.5, elapsed
+
+
 # --- iperf2 --------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -167,3 +167,51 @@ def test_missing_binary():
     outcome = ProcessOutcome(None, "", "iperf3: No such file or directory", 1.0, 1.0,
                              missing=True)
     assert iperf3.parse(outcome, spec()).reason == "tool_missing"
+
+
+# --- never_started: which failures are the server-between-tests race ----------------------------
+
+def _parsed(stdout: str, stderr: str = ""):
+    outcome = ProcessOutcome(0, stdout, stderr, 1.0, 1.01)
+    return outcome, iperf3.parse(outcome, spec())
+
+
+def _error_json(error: str, intervals: list | None = None) -> str:
+    return json.dumps({"start": {"connected": []}, "intervals": intervals or [], "end": {},
+                       "error": error})
+
+
+@pytest.mark.parametrize("error", [
+    "unable to connect to server: Connection refused",
+    "unable to send control message: Connection reset by peer",
+    "unable to receive control message: Connection reset by peer",
+    "control socket has closed unexpectedly",
+])
+def test_a_control_connection_torn_down_before_any_data_is_retried(error):
+    assert iperf3.never_started(*_parsed(_error_json(error)))
+
+
+def test_the_captured_refusal_is_retried():
+    outcome, case_spec = load_case("iperf3", "refused")
+    assert iperf3.never_started(outcome, iperf3.parse(outcome, case_spec))
+
+
+def test_a_refusal_with_no_json_at_all_is_retried():
+    assert iperf3.never_started(*_parsed("", "iperf3: error - unable to connect to server: "
+                                             "Connection refused"))
+
+
+@pytest.mark.parametrize("case", ["busy", "connect_timeout", "unknown_host", "bind_failed",
+                                  "timeout", "tcp"])
+def test_other_outcomes_are_not_retried(case):
+    # Busy is the lock's business, a timeout or a dead route is a real failure, and a
+    # measurement is a measurement.
+    outcome, case_spec = load_case("iperf3", case)
+    assert not iperf3.never_started(outcome, iperf3.parse(outcome, case_spec))
+
+
+def test_a_reset_after_data_moved_is_not_retried():
+    # The test ran and then broke: running it again would measure a second time.
+    stdout = _error_json("control socket has closed unexpectedly",
+                         intervals=[{"sum": {"bytes": 1_000_000, "bits_per_second": 8e6}}])
+    assert not iperf3.never_started(*_parsed(stdout))

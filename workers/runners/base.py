@@ -23,6 +23,7 @@ from workers.measurement import PROTOCOLS, DirectionResult, Reason, TestSpec
 
 __all__ = [
     "ProcessOutcome",
+    "RETRY_PAUSES_S",
     "check_spec",
     "classify_error",
     "common_failure",
@@ -231,18 +232,42 @@ def whole_seconds(length_s: float) -> int:
     return max(1, math.ceil(length_s))
 
 
+#: Pauses (seconds) before each new try of a run that ``retry_if`` says never got going. Short
+#: and growing: a server between two tests is back within tens of milliseconds, while a server
+#: that is really gone costs at most their sum (0.375 s) before it is reported unreachable.
+RETRY_PAUSES_S = (0.025, 0.05, 0.1, 0.2)
+
+
 def run_spec(spec: TestSpec,
              build_argv: Callable[[TestSpec], list[str]],
-             parse: Callable[[ProcessOutcome, TestSpec], DirectionResult]) -> DirectionResult:
+             parse: Callable[[ProcessOutcome, TestSpec], DirectionResult],
+             retry_if: Callable[[ProcessOutcome, DirectionResult], bool] | None = None,
+             ) -> DirectionResult:
     """Build the argument list, run it with timeout length + margin, parse the output.
 
     A spec the runner refuses (build_argv raises ValueError) is a failed result with
     Reason.BAD_REQUEST, not an exception: the task must still report the direction.
+
+    ``retry_if(outcome, result)`` says that a failed run never started its test (no data
+    moved), so running it again cannot double-count anything: it is then run again after each
+    pause of RETRY_PAUSES_S, and the result says how often in ``extra["control_retries"]``.
+    The last try's result stands, so a server that stays away is still reported as such.
     """
     argv = _argv_or_refusal(spec, build_argv)
     if isinstance(argv, DirectionResult):
         return argv
-    return parse(run_tool(argv, spec.length_s + spec.timeout_margin_s), spec)
+    retries = 0
+    while True:
+        outcome = run_tool(argv, spec.length_s + spec.timeout_margin_s)
+        result = parse(outcome, spec)
+        if (result.ok or retry_if is None or retries == len(RETRY_PAUSES_S)
+                or not retry_if(outcome, result)):
+            break
+        time.sleep(RETRY_PAUSES_S[retries])
+        retries += 1
+    if retries:
+        result.extra["control_retries"] = retries
+    return result
 
 
 def run_spec_concurrently(

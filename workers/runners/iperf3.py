@@ -14,6 +14,7 @@ What iperf3 3.12 reports in ``-J`` (checked on captured output, see tests/unit/f
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from workers.hosts import ip_version
@@ -28,7 +29,7 @@ from workers.runners.base import (
     whole_seconds,
 )
 
-__all__ = ["BINARY", "CONNECT_TIMEOUT_MS", "build_argv", "parse", "run"]
+__all__ = ["BINARY", "CONNECT_TIMEOUT_MS", "build_argv", "never_started", "parse", "run"]
 
 #: The executable, looked up on PATH (tests point it at a name that does not exist).
 BINARY = "iperf3"
@@ -110,8 +111,37 @@ def parse(outcome: ProcessOutcome, spec: TestSpec) -> DirectionResult:
 
 
 def run(spec: TestSpec) -> DirectionResult:
-    """Run one iperf3 test; killed after spec.length_s + spec.timeout_margin_s seconds."""
-    return run_spec(spec, build_argv, parse)
+    """Run one iperf3 test; killed after spec.length_s + spec.timeout_margin_s seconds.
+
+    A control connection refused or reset before any data moved is tried again a few times
+    within half a second (see never_started) before the test counts as failed.
+    """
+    return run_spec(spec, build_argv, parse, retry_if=never_started)
+
+
+#: What iperf3 says when its control connection is refused or torn down. A persistent
+#: ``iperf3 -s`` closes and re-creates its listening socket after every test: a client that
+#: connects in that window (the next test on the same server, or the second direction of one
+#: test, tens of milliseconds later) is refused, or reset if it was already queued on the old
+#: listener (esnet/iperf pull request #2066).
+_CONTROL_TORN_DOWN = re.compile(
+    r"connection refused|connection reset|reset by peer|closed unexpectedly", re.IGNORECASE)
+
+
+def never_started(outcome: ProcessOutcome, result: DirectionResult) -> bool:
+    """True when a failed run is the server-between-tests race, not a test that ran and failed:
+    the control connection was refused or reset, and iperf3 reported no interval of data (so
+    running again cannot measure anything twice). A busy server, a timeout, an unreachable
+    network or an error after data moved are never retried here."""
+    if result.reason not in (Reason.UNREACHABLE.value, Reason.ERROR.value):
+        return False
+    if not _CONTROL_TORN_DOWN.search(result.error or ""):
+        return False
+    try:
+        data = json.loads(outcome.stdout)
+    except ValueError:
+        return True  # iperf3 died before it printed its JSON: nothing ran
+    return not (isinstance(data, dict) and data.get("intervals"))
 
 
 def _mapping(value: Any) -> dict[str, Any]:
