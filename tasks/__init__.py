@@ -108,14 +108,46 @@ def _deliver(task, lines: list[str], what: str) -> int:
     return len(lines)
 
 
+UNPUBLISHABLE = store.key("results", "unpublishable")
+"""Results the result handler could not turn into lines (a bug, or a newer agent's format):
+kept here, newest first, for an operator; at most UNPUBLISHABLE_MAX of them."""
+UNPUBLISHABLE_MAX = 1000
+
+
 @app.task(name="tasks.publish", bind=True, max_retries=None)
 def publish(self, result: dict[str, Any]) -> int:
     """Write one result to carbon; returns the number of lines written. While carbon is
-    unreachable the message is retried (and stays queued), so nothing is lost."""
-    settings = config.get()
-    lines = metrics.lines_for(result, settings)
-    health.note_result(store.client(), result)
-    return _deliver(self, lines, f"result {result.get('task_id')}")
+    unreachable the message is retried (and stays queued), so nothing is lost. Nothing else
+    stops a result: a failing health note is logged and the lines go out anyway."""
+    what = f"result {result.get('task_id') if isinstance(result, dict) else '?'}"
+    try:
+        lines = metrics.lines_for(result, config.get())
+    except Exception as exc:
+        _keep_unpublishable(result, exc)
+        return 0
+    _note_health(result)
+    return _deliver(self, lines, what)
+
+
+def _note_health(result: dict[str, Any]) -> None:
+    try:
+        health.note_result(store.client(), result)
+    except Exception as exc:  # the sample-age bookkeeping must never cost a result
+        log.error("could not note result %s for the sample-age series: %s",
+                  result.get("task_id"), exc)
+
+
+def _keep_unpublishable(result: Any, exc: Exception) -> None:
+    text = json.dumps(result, default=repr)
+    log.error("result cannot be written as carbon lines (%s); kept in %s: %s", exc,
+              UNPUBLISHABLE, text)
+    try:
+        with store.client().pipeline() as pipe:
+            pipe.lpush(UNPUBLISHABLE, text)
+            pipe.ltrim(UNPUBLISHABLE, 0, UNPUBLISHABLE_MAX - 1)
+            pipe.execute()
+    except Exception as again:  # the log line above still has it
+        log.error("could not keep result in %s: %s", UNPUBLISHABLE, again)
 
 
 @app.task(name="tasks.publish_lines", bind=True, max_retries=None)

@@ -17,7 +17,7 @@ import json
 from typing import Any
 
 from workers.hosts import ip_version
-from workers.measurement import DirectionResult, Reason, TestSpec
+from workers.measurement import DirectionResult, Reason, TestSpec, finite
 from workers.runners.base import (
     ProcessOutcome,
     check_spec,
@@ -119,10 +119,9 @@ def _mapping(value: Any) -> dict[str, Any]:
 
 
 def _number(value: Any) -> float | None:
-    """A JSON number as float; None for anything else (missing, null, text, true/false)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value)
+    """A finite JSON number as float; None for anything else (missing, null, text, true/false,
+    and Infinity / NaN / integers too large for a float, which Python's json accepts)."""
+    return None if isinstance(value, str) else finite(value)
 
 
 def _integer(value: Any) -> int | None:
