@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -25,7 +24,8 @@ from workers.store import key
 GUARD = key("cycle", "guard")
 OVERLAPS = key("cycle", "overlaps")
 _ADVANCE = (Path(__file__).with_name("cycle_advance.lua")).read_text()
-_PARTS = ("jobs", "deps", "succ", "remaining", "done", "stats", "dispatched", "meta")
+_PARTS = ("jobs", "deps", "succ", "remaining", "done", "stats", "dispatched", "meta",
+          "sent")
 
 
 def cycle_key(cycle_id: str, part: str) -> str:
@@ -46,9 +46,8 @@ def begin(r: redis.Redis, cycle_id: str, jobs: Sequence[Any], ttl_s: int,
         r.incr(OVERLAPS)
         return holder or "unknown", []
 
-    expires_at = time.time() + ttl_s
-    documents = {job.id: json.dumps({"id": job.id, "queue": job.queue, "kwargs": job.kwargs,
-                                     "expires_at": expires_at}) for job in jobs}
+    documents = {job.id: json.dumps({"id": job.id, "queue": job.queue, "kwargs": job.kwargs})
+                 for job in jobs}
     successors: dict[str, list[str]] = {}
     for job in jobs:
         for before in job.after:
@@ -77,17 +76,28 @@ def advance(r: redis.Redis, cycle_id: str, job_id: str, outcome: str,
             busy: Iterable[tuple[str, float]] = ()) -> tuple[bool, list[dict[str, Any]]]:
     """Job `job_id` finished with `outcome`; `busy` gives each involved node's seconds in it.
 
-    Returns (cycle finished, jobs to send now). A job counted before returns (False, [])."""
+    Returns (cycle finished, jobs to send now). A job counted before returns (False, the jobs
+    it released that were never sent): sending them again is what un-wedges a cycle whose
+    worker died between advancing and sending."""
     keys = [cycle_key(cycle_id, p) for p in
             ("jobs", "deps", "succ", "remaining")] + [GUARD] + [
-        cycle_key(cycle_id, p) for p in ("done", "stats", "dispatched")]
+        cycle_key(cycle_id, p) for p in ("done", "stats", "dispatched", "sent")]
     args: list[Any] = [job_id, cycle_id, outcome]
     for node, seconds in busy:
         args += [node, f"{seconds:.3f}"]
     reply = r.eval(_ADVANCE, len(keys), *keys, *args)
-    if int(reply[0]) < 0:
-        return False, []
-    return bool(int(reply[0])), [json.loads(doc) for doc in reply[1:]]
+    return int(reply[0]) == 1, [json.loads(doc) for doc in reply[1:]]
+
+
+def job_state(r: redis.Redis, cycle_id: str, job_id: str) -> str:
+    """"gone" when the cycle's keys expired (the job outlived its cycle), "done" when the job
+    was counted already (a duplicate message), else "pending". Redis's clock decides, through
+    the keys' TTL: no wall clocks of two machines are compared."""
+    with r.pipeline(transaction=False) as pipe:
+        pipe.exists(cycle_key(cycle_id, "jobs"))
+        pipe.sismember(cycle_key(cycle_id, "done"), job_id)
+        alive, done = pipe.execute()
+    return "gone" if not alive else "done" if done else "pending"
 
 
 def dispatched(r: redis.Redis, cycle_id: str) -> dict[str, str]:
@@ -113,13 +123,25 @@ def overlaps(r: redis.Redis) -> int:
     return int(r.get(OVERLAPS) or 0)
 
 
-def send(app, cycle_id: str, jobs: Iterable[dict[str, Any]]) -> int:
-    """Send ready jobs to their queues as tasks.measure. A job that outlives its cycle's guard
-    expires unrun (a node that comes back does not run a stale plan)."""
-    sent = 0
+def send(app, cycle_id: str, jobs: Iterable[dict[str, Any]],
+         r: redis.Redis | None = None) -> int:
+    """Send ready jobs to their queues as tasks.measure and, given `r`, note them as sent (a
+    redelivered predecessor re-sends only what was never sent). A job that outlives its cycle
+    is not run: the worker finds the cycle's keys gone (job_state), so no message carries a
+    wall-clock expiry that another machine's clock would judge."""
+    sent = []
     for job in jobs:
         app.send_task("tasks.measure", kwargs=dict(job["kwargs"], cycle=cycle_id, job=job["id"]),
-                      queue=job["queue"],
-                      expires=datetime.fromtimestamp(job["expires_at"], timezone.utc))
-        sent += 1
-    return sent
+                      queue=job["queue"])
+        sent.append(job["id"])
+    if sent and r is not None:
+        name = cycle_key(cycle_id, "sent")
+        with r.pipeline(transaction=False) as pipe:
+            pipe.sadd(name, *sent)
+            pipe.pttl(cycle_key(cycle_id, "jobs"))
+            _, ttl = pipe.execute()
+        if ttl and ttl > 0:
+            r.pexpire(name, ttl)
+        else:
+            r.delete(name)  # the cycle is gone: leave nothing behind
+    return len(sent)

@@ -49,7 +49,7 @@ def emit_cycle(app, r, settings: config.Settings, now: float | None = None) -> s
             f"{settings.scheduler_prefix}.cycle.overlap", 1, now)]])
         return None
     r.incr(CYCLE_NUMBER)
-    cycles.send(app, cycle_id, ready)
+    cycles.send(app, cycle_id, ready, r)
     log.info("cycle %s (#%d): %d %s job(s) planned, %d sent", cycle_id, number,
              len(cycle_plan.jobs), cycle_plan.strategy, len(ready))
     return cycle_id
@@ -67,7 +67,7 @@ def skip_vanished(app, r, settings: config.Settings) -> int:
         if not queue.startswith("node.") or queue in alive:
             continue
         finished, ready = cycles.advance(r, cycle_id, job_id, "failed:skipped")
-        cycles.send(app, cycle_id, ready)
+        cycles.send(app, cycle_id, ready, r)
         log.warning("cycle %s: job %s skipped, %s left the registry", cycle_id, job_id,
                     queue[5:])
         skipped += 1

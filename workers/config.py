@@ -418,6 +418,25 @@ def get() -> Settings:
     return _settings
 
 
+def check_node_identity(settings: Settings) -> Settings:
+    """A node agent's name and address, checked once at agent start: other nodes test this
+    node at CBANDWIDTH_NODE_ADDRESS, or at NODE_NAME when that is unset, so then NODE_NAME must
+    be an IP address or DNS name too (``node_1``, ``gpu-node-``, ``rack1.42`` are not: every
+    test against the node would fail as a bad request). The result handler and beat only
+    name their queue with NODE_NAME and are not held to this."""
+    if settings.node_address:
+        return settings
+    try:
+        validate_target(settings.node_name)
+    except ValueError as exc:
+        reason = str(exc).split(" (", 1)[-1].rstrip(")") if " (" in str(exc) else str(exc)
+        raise ConfigError("NODE_NAME", f"{settings.node_name!r} is not an IP address or DNS "
+                          f"name ({reason}), and other nodes reach this node at its name "
+                          f"while CBANDWIDTH_NODE_ADDRESS is unset: set "
+                          f"CBANDWIDTH_NODE_ADDRESS, or use a DNS-style NODE_NAME") from None
+    return settings
+
+
 def exit_on_error(action: Callable[[], Settings] = get) -> Settings:
     """Run `action`; on ConfigError print its one line to stderr and exit with status 2."""
     try:

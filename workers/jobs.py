@@ -164,11 +164,25 @@ def measure(request: Request, settings: config.Settings,
     for direction in DIRECTIONS:
         if direction not in request.directions:
             continue
-        outcome = run(request.spec(direction, settings.timeout_margin_s))
+        outcome = _run_direction(run, request.spec(direction, settings.timeout_margin_s))
         outcomes[direction] = outcome
         text = describe(direction, request, settings.node_name, outcome)
         (log.info if outcome.ok else log.warning)(text)
     return build_result(request, settings, outcomes)
+
+
+def _run_direction(run: Callable[[TestSpec], DirectionResult], spec: TestSpec
+                   ) -> DirectionResult:
+    """One direction; a runner that raises (a bug, output nobody foresaw) fails this direction
+    with the exception's text instead of losing the whole test."""
+    start = time.time()
+    try:
+        return run(spec)
+    except Exception as exc:
+        log.exception("the %s runner failed", spec.tool)
+        return DirectionResult.failed(Reason.ERROR, f"internal error in the {spec.tool} runner: "
+                                                    f"{type(exc).__name__}: {exc}",
+                                      start, time.time())
 
 
 def build_result(request: Request, settings: config.Settings,
