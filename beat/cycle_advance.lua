@@ -8,7 +8,11 @@
 -- ARGV: 1 job id, 2 cycle id, 3 outcome ("ok", "failed:<reason>", ...),
 --       then pairs of (node, busy seconds).
 -- Returns {finished (0/1), job JSON of each job now ready ...};
---         {-1, job JSON of each released but unsent successor ...} when already counted.
+--         {-1, job JSON of each released but unsent successor ...} when already counted;
+--         {-2} when the cycle's keys expired (a late job): nothing is recreated or reported.
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return {-2}
+end
 if redis.call('SADD', KEYS[6], ARGV[1]) == 0 then
   local pending = {-1}
   local successors = redis.call('HGET', KEYS[3], ARGV[1])

@@ -78,7 +78,8 @@ def advance(r: redis.Redis, cycle_id: str, job_id: str, outcome: str,
 
     Returns (cycle finished, jobs to send now). A job counted before returns (False, the jobs
     it released that were never sent): sending them again is what un-wedges a cycle whose
-    worker died between advancing and sending."""
+    worker died between advancing and sending. A job of a cycle whose keys expired returns
+    (False, []) and recreates nothing."""
     keys = [cycle_key(cycle_id, p) for p in
             ("jobs", "deps", "succ", "remaining")] + [GUARD] + [
         cycle_key(cycle_id, p) for p in ("done", "stats", "dispatched", "sent")]

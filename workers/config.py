@@ -350,7 +350,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
     margin = _int(r, p + "TIMEOUT_MARGIN", defaults.TIMEOUT_MARGIN, 1, 600)
     visibility = _int(r, p + "VISIBILITY_TIMEOUT", defaults.VISIBILITY_TIMEOUT, 60, 7 * 86400)
     lock_wait = _int(r, p + "LOCK_WAIT", defaults.LOCK_WAIT, 0, 3600)
-    longest_task = lock_wait + 2 * (length + margin) + 60
+    longest_task = longest_task_s(lock_wait, 2 * (length + margin))
     if visibility <= longest_task:
         raise ConfigError(p + "VISIBILITY_TIMEOUT",
                           f"must exceed the longest task ({longest_task} s: lock wait + test "
@@ -416,6 +416,13 @@ def get() -> Settings:
     if _settings is None:
         _settings = load()
     return _settings
+
+
+def longest_task_s(lock_wait_s: float, longest_run_s: float) -> float:
+    """Seconds one tasks.measure can hold its message: the lock wait, the test's longest run,
+    and a minute for the rest. CBANDWIDTH_VISIBILITY_TIMEOUT must exceed it, or Redis hands
+    the message to a second worker while the first still measures."""
+    return lock_wait_s + longest_run_s + 60
 
 
 def check_node_identity(settings: Settings) -> Settings:

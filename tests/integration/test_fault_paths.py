@@ -205,3 +205,26 @@ def test_an_agent_others_could_not_test_at_its_name_is_refused_at_start(name):
     from workers import config
     settings = config.load({"NODE_NAME": name, "CBANDWIDTH_NODE_ADDRESS": "198.18.0.9"})
     assert config.check_node_identity(settings) is settings
+
+
+def test_a_late_advance_after_the_cycle_expired_recreates_nothing_and_reports_nothing(
+        env, monkeypatch):
+    import time
+
+    from beat import cycles
+    from workers import ledger
+
+    request = _start_cycle(env.redis)
+    ledger.mark_handed_over(env.redis, "t-late", {
+        "status": "ok", "node": "h1", "start": 1.0, "end": 2.0, "peer": "h2",
+        "download": {"status": "ok", "bits_per_second": 1e8, "start": 1.0, "end": 2.0}})
+    ledger.mark_published(env.redis, "t-late")
+    for key in env.redis.scan_iter("cbw:cycle:c1:*"):
+        env.redis.pexpire(key, 1)
+    env.redis.pexpire(cycles.GUARD, 1)
+    time.sleep(0.05)
+    assert cycles.advance(env.redis, "c1", "j2", "ok", [("h1", 1.0)]) == (False, [])
+    monkeypatch.setattr(tasks.runners, "run", pytest.fail)
+    assert tasks.measure.apply(kwargs=request, task_id="t-late").successful()
+    assert env.redis.keys("cbw:cycle:c1:*") == []
+    assert [m for m in env.queued("results") if m["task"] == "tasks.report_cycle"] == []
