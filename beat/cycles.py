@@ -1,9 +1,10 @@
 """Cycle execution in Redis: one cycle at a time, only one beat emits it, and each job is sent
 the moment the jobs it waits for have finished.
 
-`begin` takes the cycle guard with SET NX: a second beat (a rolling update, a mistake) and a
-cycle still running when the next is due both find it taken, so nothing is emitted twice and
-nothing piles up; the skip is counted. The plan's jobs are stored with their dependencies
+`claim_interval` takes the interval (SET NX, a little less than one interval): a second beat
+out of phase (a rolling update, a mistake) finds it taken and starts nothing, so the cluster
+runs one cycle per interval. `begin` takes the cycle guard with SET NX: a cycle still running
+when the next is due finds it taken, so nothing piles up; the skip is counted. The plan's jobs are stored with their dependencies
 (a job waits for the previous job of each of its nodes), and `begin` returns the jobs that wait
 for nothing. Each finished job calls `advance` (a Lua script: count, release successors, end
 the cycle), whose ready jobs the finishing worker sends at once: the next round starts when the
@@ -23,6 +24,8 @@ from workers.store import key
 
 GUARD = key("cycle", "guard")
 OVERLAPS = key("cycle", "overlaps")
+INTERVAL = key("cycle", "interval")
+"""Taken by the beat that starts an interval's cycle, for a little less than one interval."""
 _ADVANCE = (Path(__file__).with_name("cycle_advance.lua")).read_text()
 _PARTS = ("jobs", "deps", "succ", "remaining", "done", "stats", "dispatched", "meta",
           "sent")
@@ -30,6 +33,22 @@ _PARTS = ("jobs", "deps", "succ", "remaining", "done", "stats", "dispatched", "m
 
 def cycle_key(cycle_id: str, part: str) -> str:
     return key("cycle", cycle_id, part)
+
+
+def claim_interval(r: redis.Redis, interval_s: float, cycle_id: str) -> str | None:
+    """Take this interval for `cycle_id`: one cycle per interval cluster-wide, however many
+    beats run and whatever their phase. Returns None when taken, else the cycle that holds it.
+
+    The key lives a little less than an interval (5 %, at most 5 s, less), by Redis's clock:
+    a beat firing one interval after it took the key finds it gone even when its own clock
+    or the network is a little ahead, and a second beat firing in between finds it held. The
+    guard (begin) still keeps a long cycle from overlapping the next."""
+    ttl_ms = max(1, int(1000 * (interval_s - min(5.0, 0.05 * interval_s))))
+    with r.pipeline() as pipe:
+        pipe.set(INTERVAL, cycle_id, nx=True, px=ttl_ms)
+        pipe.get(INTERVAL)
+        taken, holder = pipe.execute()
+    return None if taken else (holder or "unknown")
 
 
 def begin(r: redis.Redis, cycle_id: str, jobs: Sequence[Any], ttl_s: int,

@@ -39,6 +39,10 @@ def emit_cycle(app, r, settings: config.Settings, now: float | None = None) -> s
                     ("mesh", "sampled", "aggregate") else "no CBANDWIDTH_PERF_SERVERS")
         return None
     cycle_id = f"{int(now)}-{uuid.uuid4().hex[:8]}"
+    started = cycles.claim_interval(r, settings.poll_interval_s, cycle_id)
+    if started is not None:
+        log.info("cycle: this interval's cycle was started by another beat (%s)", started)
+        return None
     ttl = cycle_plan.ttl_s(settings.poll_interval_s)
     holder, ready = cycles.begin(r, cycle_id, cycle_plan.jobs, ttl,
                                  meta={"strategy": cycle_plan.strategy, "number": number})

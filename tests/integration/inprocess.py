@@ -79,6 +79,17 @@ class TaskEnv:
         return list(reversed(found))  # kombu LPUSHes: oldest last
 
 
+def register(r, *names: str, ttl_s: int = 600) -> None:
+    """Registry entries as node agents write them (addresses in 198.18.0.0/15)."""
+    from workers import registry
+
+    for i, name in enumerate(names, start=1):
+        registry.announce(r, {"name": name, "address": f"198.18.0.{i}",
+                              "ports": {"iperf3": 5201, "iperf2": 5001, "netperf": 12865},
+                              "tools": ["iperf3"], "labels": {}, "serves": [],
+                              "version": registry.VERSION, "started": 0.0}, ttl_s)
+
+
 @pytest.fixture(scope="module")
 def redis_server() -> Iterator[RedisServer]:
     require("redis-server")
