@@ -241,8 +241,22 @@ def _keep_unpublishable(result: Any, exc: Exception) -> None:
 
 @app.task(name="tasks.publish_lines", bind=True, max_retries=None)
 def publish_lines(self, lines: list[str]) -> int:
-    """Write prepared lines (beat's own health series) to carbon."""
-    return _deliver(self, [metrics.checked_line(entry) for entry in lines], "health lines")
+    """Write prepared lines (beat's own health series) to carbon: only well-formed lines under
+    CBANDWIDTH_SCHEDULER_PREFIX; anything else (a forged message writing measurement series)
+    is refused with an error line."""
+    prefix = config.get().scheduler_prefix + "."
+    accepted = []
+    for entry in lines if isinstance(lines, list) else [lines]:
+        try:
+            checked = metrics.checked_line(entry)
+        except ValueError as exc:
+            log.error("health line refused: %s", exc)
+            continue
+        if not checked.startswith(prefix):
+            log.error("health line refused: %r is not under %s", checked, prefix[:-1])
+            continue
+        accepted.append(checked)
+    return _deliver(self, accepted, "health lines") if accepted else 0
 
 
 @app.task(name="tasks.report_cycle", bind=True, max_retries=None)

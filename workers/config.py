@@ -418,6 +418,11 @@ def get() -> Settings:
     return _settings
 
 
+def valid_node_name(name: object) -> bool:
+    """A NODE_NAME as config accepts it (it names the node's queue)."""
+    return isinstance(name, str) and bool(_NODE_NAME.match(name))
+
+
 def longest_task_s(lock_wait_s: float, longest_run_s: float) -> float:
     """Seconds one tasks.measure can hold its message: the lock wait, the test's longest run,
     and a minute for the rest. CBANDWIDTH_VISIBILITY_TIMEOUT must exceed it, or Redis hands

@@ -228,3 +228,15 @@ def test_a_late_advance_after_the_cycle_expired_recreates_nothing_and_reports_no
     assert tasks.measure.apply(kwargs=request, task_id="t-late").successful()
     assert env.redis.keys("cbw:cycle:c1:*") == []
     assert [m for m in env.queued("results") if m["task"] == "tasks.report_cycle"] == []
+
+
+def test_publish_lines_writes_only_under_the_scheduler_prefix(env, caplog):
+    with caplog.at_level(logging.ERROR):
+        outcome = tasks.publish_lines.apply(args=[[
+            "bandwidth.scheduler.cycle.overlap 1 100", "bandwidth.mesh.a.b 0 100",
+            "bandwidth.schedulerx.y 1 100"]])
+    assert outcome.successful(), outcome.traceback
+    assert outcome.get() == 1
+    wait_until(lambda: env.carbon.lines, 5, what="the scheduler line at carbon")
+    assert env.carbon.lines == ["bandwidth.scheduler.cycle.overlap 1 100"]
+    assert "bandwidth.mesh.a.b" in caplog.text
