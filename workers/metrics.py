@@ -78,7 +78,7 @@ def status_code(reason: str | None) -> int:
 
 def _paths(result: dict[str, Any], direction: str, p: Prefixes) -> tuple[str, str, str]:
     """(throughput path, status path, detail base) of one direction of a result."""
-    if result.get("mode") in FLOW_MODES and result.get("peer"):
+    if result.get("mode") in FLOW_MODES and result.get("peer") and result.get("node"):
         node, peer = sanitize(result["node"]), sanitize(result["peer"])
         src, dst = (node, peer) if direction == "download" else (peer, node)
         return f"{p.mesh}.{src}.{dst}", f"{p.status}.mesh.{src}.{dst}", \

@@ -40,6 +40,7 @@ def _assert_classified(result: DirectionResult) -> None:
     ("10^6bits/s,7946.94,0.00,0.00,inf,85.52,85.54,3,0,61035,7890", "parse_error"),
     ("10^6bits/s,7946.94,0.00,0.00,nan,85.52,85.54,3,0,61035,7890", "parse_error"),
     ("10^6bits/s,inf,0.00,0.00,7946.94,85.52,85.54,3,0,61035,7890", "parse_error"),
+    ("10^6bits/s,7946.94,0.00,0.00,-5,85.52,85.54,3,0,61035,7890", "parse_error"),
     ("10^6bits/s,7946.94,0.00,0.00,7946.94,nan,85.54,3,0,61035,7890", "ok"),
     ("10^6bits/s,7946.94,0.00,0.00,7946.94,85.52,85.54,inf,0,61035,7890", "ok"),
 ])
@@ -60,7 +61,7 @@ def test_netperf_infinite_remote_retransmits_in_upload_do_not_crash():
     assert result.ok and result.retransmits is None
 
 
-@pytest.mark.parametrize("bad", ["inf", "nan", "1" * 400])
+@pytest.mark.parametrize("bad", ["inf", "nan", "1" * 400, "-8"])
 def test_iperf2_csv_non_finite_rate_is_a_parse_error(bad):
     outcome, spec = load_case("iperf2", "tcp")
     fields = outcome.stdout.strip().split(",")
@@ -90,7 +91,7 @@ def test_iperf2_non_finite_jitter_is_dropped():
     assert result.ok and result.jitter_ms is None
 
 
-@pytest.mark.parametrize("value", ["Infinity", "NaN", "-Infinity", "1" + "0" * 400])
+@pytest.mark.parametrize("value", ["Infinity", "NaN", "-Infinity", "1" + "0" * 400, "-1"])
 def test_iperf3_non_finite_receiver_rate_is_a_parse_error(value):
     outcome, spec = load_case("iperf3", "tcp")
     data = json.loads(outcome.stdout)

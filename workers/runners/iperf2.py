@@ -122,7 +122,7 @@ def _parse_reports(outcome: ProcessOutcome, spec: TestSpec) -> DirectionResult:
     if total is None:
         return failure(outcome, f"{outcome.stderr}\nonly {len(receiver)} of {spec.parallel} "
                                 f"streams reported", Reason.ERROR)
-    if total.bytes <= 0 or total.seconds <= 0:
+    if total.bytes <= 0 or total.seconds <= 0 or total.bits_per_second <= 0:
         return no_data_failure(outcome, BINARY)
 
     result = DirectionResult(status="ok", start=outcome.start, end=outcome.end,
@@ -203,7 +203,8 @@ def _csv_reports(stdout: str) -> list[_Report]:
 
 def _checked(report: _Report, line: str) -> _Report:
     """A report whose rate and duration are finite numbers; raises _Unreadable otherwise."""
-    if finite(report.bits_per_second) is None or finite(report.seconds) is None:
+    if finite(report.bits_per_second) is None or finite(report.seconds) is None or \
+            report.bits_per_second < 0:
         raise _Unreadable(repr(line.strip()[:200]))
     return report
 

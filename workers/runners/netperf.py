@@ -151,7 +151,7 @@ def _row(outcome: ProcessOutcome, spec: TestSpec) -> dict[str, float] | Directio
     row = {}
     for name, value in raw.items():
         number = finite(value)
-        if number is None and name.endswith("_THROUGHPUT"):
+        if name.endswith("_THROUGHPUT") and (number is None or number < 0):
             # A rate that is not a finite number is no measurement (inf, nan, garbage).
             return failure(outcome, f"unreadable netperf {name} in {lines[-1]!r}",
                            Reason.PARSE_ERROR)
