@@ -9,8 +9,9 @@
 --       then pairs of (node, busy seconds).
 -- Returns {finished (0/1), job JSON of each job now ready ...};
 --         {-1, job JSON of each released but unsent successor ...} when already counted;
---         {-2} when the cycle's keys expired (a late job): nothing is recreated or reported.
-if redis.call('EXISTS', KEYS[1]) == 0 then
+--         {-2} when the cycle's keys expired or it was ended by the watchdog (a late job):
+--         nothing is recreated or reported.
+if redis.call('EXISTS', KEYS[1]) == 0 or tonumber(redis.call('GET', KEYS[4]) or '0') <= 0 then
   return {-2}
 end
 if redis.call('SADD', KEYS[6], ARGV[1]) == 0 then

@@ -109,6 +109,43 @@ def advance(r: redis.Redis, cycle_id: str, job_id: str, outcome: str,
     return int(reply[0]) == 1, [json.loads(doc) for doc in reply[1:]]
 
 
+_END = """
+local left = tonumber(redis.call('GET', KEYS[1]) or '0')
+if left <= 0 then return 0 end
+redis.call('HINCRBY', KEYS[2], 'outcome:failed:' .. ARGV[2], left)
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
+redis.call('SET', KEYS[1], 0, 'KEEPTTL')
+if redis.call('GET', KEYS[3]) == ARGV[1] then redis.call('DEL', KEYS[3]) end
+return left
+"""
+
+
+def end_overdue(r: redis.Redis, cycle_id: str, within_ms: int,
+                reason: str = "cycle_timeout") -> int:
+    """End `cycle_id` if its keys expire within `within_ms` (by Redis's clock) with jobs still
+    unfinished: count those as failed with `reason`, free the guard, so the cycle can be
+    reported instead of vanishing. Returns how many jobs it ended (0: not overdue)."""
+    ttl = r.pttl(cycle_key(cycle_id, "jobs"))
+    if ttl < 0 or ttl > within_ms:
+        return 0
+    return int(r.eval(_END, 3, cycle_key(cycle_id, "remaining"), cycle_key(cycle_id, "stats"),
+                      GUARD, cycle_id, reason))
+
+
+def unsent(r: redis.Redis, cycle_id: str) -> list[dict[str, Any]]:
+    """Jobs released (dispatched) but never sent: their sender died, or beat failed right after
+    begin. The watchdog sends those it sees unsent twice in a row."""
+    with r.pipeline(transaction=False) as pipe:
+        pipe.hkeys(cycle_key(cycle_id, "dispatched"))
+        pipe.smembers(cycle_key(cycle_id, "sent"))
+        released, sent = pipe.execute()
+    missing = sorted(set(released) - set(sent))
+    if not missing:
+        return []
+    return [json.loads(doc) for doc in r.hmget(cycle_key(cycle_id, "jobs"), missing) if doc]
+
+
 def job_state(r: redis.Redis, cycle_id: str, job_id: str) -> str:
     """"gone" when the cycle's keys expired (the job outlived its cycle), "done" when the job
     was counted already (a duplicate message), else "pending". Redis's clock decides, through

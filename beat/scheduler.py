@@ -2,8 +2,10 @@
 plans a cycle (beat.plan) and sends the jobs that wait for nothing (beat.cycles); the rest are
 sent by the workers as their predecessors finish.
 
-Between cycles it watches the running one: a job sent to a node that has left the registry
-will never run, so it is counted as skipped and the jobs waiting for it go ahead.
+Between cycles it watches the running one (watch): a job sent to a node that has left the
+registry will never run, so it is counted as skipped and the jobs waiting for it go ahead; a
+job released but never sent is sent; a cycle about to expire with jobs unfinished ends by
+timeout and is reported.
 """
 from __future__ import annotations
 
@@ -80,6 +82,35 @@ def skip_vanished(app, r, settings: config.Settings) -> int:
     return skipped
 
 
+def watch(app, r, settings: config.Settings, seen_unsent: frozenset = frozenset()
+          ) -> frozenset:
+    """One pass of beat's watch over the running cycle, every heartbeat interval:
+
+    - jobs of nodes that left the registry are skipped (skip_vanished);
+    - a cycle about to expire with jobs unfinished ends by timeout: they count as failed
+      (`cycle_timeout`, a reason series in its report), the guard is freed, the cycle reported;
+    - jobs released but never sent (their sender died, or beat failed right after begin) are
+      sent when this pass sees them unsent again; the previous pass's `seen_unsent` is passed
+      in and this pass's returned, so no clock decides and a send in flight is left alone.
+    """
+    skip_vanished(app, r, settings)
+    cycle_id = cycles.active(r)
+    if not cycle_id:
+        return frozenset()
+    ended = cycles.end_overdue(r, cycle_id, 3000 * settings.heartbeat_interval_s)
+    if ended:
+        log.warning("cycle %s ended by timeout: %d job(s) never reported", cycle_id, ended)
+        app.send_task("tasks.report_cycle", args=[cycle_id], queue=RESULTS_QUEUE)
+        return frozenset()
+    unsent = {(cycle_id, job["id"]): job for job in cycles.unsent(r, cycle_id)}
+    stuck = [job for seen, job in unsent.items() if seen in seen_unsent]
+    if stuck:
+        log.warning("cycle %s: %d job(s) released but never sent; sending them now", cycle_id,
+                    len(stuck))
+        cycles.send(app, cycle_id, stuck, r)
+    return frozenset(unsent) - {(cycle_id, job["id"]) for job in stuck}
+
+
 class CycleScheduler(Scheduler):
     """Celery's in-memory scheduler plus the cycle entry. Nothing is written to disk."""
 
@@ -94,13 +125,14 @@ class CycleScheduler(Scheduler):
             "last_run_at": self.app.now() - interval,
         }})
         self._next_watch = 0.0
+        self._unsent: frozenset = frozenset()
 
     def tick(self, *args, **kwargs):
         settings = config.get()
         if time.monotonic() >= self._next_watch:
             self._next_watch = time.monotonic() + settings.heartbeat_interval_s
             try:
-                skip_vanished(self.app, store.client(), settings)
+                self._unsent = watch(self.app, store.client(), settings, self._unsent)
             except Exception as exc:  # Redis away: the next tick tries again
                 log.error("cycle watch failed: %s", exc)
         return super().tick(*args, **kwargs)

@@ -2,6 +2,9 @@
 locks, cycle keys) and a real TCP listener standing in for carbon (it records the plaintext
 lines it receives). Faults are injected into the real Redis (a key of the wrong type makes
 the real server answer WRONGTYPE to exactly the call under test), not by mocking the client.
+
+The server is the session's `redis_server` (tests/integration/conftest.py): the Celery app of
+this process keeps its broker and result-backend connections, so every module uses that one.
 """
 from __future__ import annotations
 
@@ -10,12 +13,9 @@ import json
 import socket
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Iterator
-
-import pytest
+from typing import Any
 
 from lab.services import RedisServer
-from tests.conftest import require
 from workers import config, store
 
 
@@ -88,13 +88,6 @@ def register(r, *names: str, ttl_s: int = 600) -> None:
                               "ports": {"iperf3": 5201, "iperf2": 5001, "netperf": 12865},
                               "tools": ["iperf3"], "labels": {}, "serves": [],
                               "version": registry.VERSION, "started": 0.0}, ttl_s)
-
-
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    require("redis-server")
-    with RedisServer() as server:
-        yield server
 
 
 def make_env(redis_server: RedisServer, monkeypatch, **env: str) -> TaskEnv:

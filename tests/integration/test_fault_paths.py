@@ -9,12 +9,12 @@ import pytest
 
 import tasks
 from tests.conftest import wait_until
-from tests.integration.inprocess import make_env, redis_server  # noqa: F401 (fixture)
+from tests.integration.inprocess import make_env
 from workers import health
 
 
 @pytest.fixture
-def env(redis_server, monkeypatch):  # noqa: F811
+def env(redis_server, monkeypatch):
     made = make_env(redis_server, monkeypatch)
     yield made
     made.close()

@@ -9,12 +9,12 @@ import logging
 import pytest
 
 from beat import plan
-from tests.integration.inprocess import make_env, redis_server, register  # noqa: F401
+from tests.integration.inprocess import make_env, register
 from workers import config, registry
 
 
 @pytest.fixture
-def env(redis_server, monkeypatch):  # noqa: F811
+def env(redis_server, monkeypatch):
     made = make_env(redis_server, monkeypatch)
     monkeypatch.setattr(registry, "_warned", {})
     yield made

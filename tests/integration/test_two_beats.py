@@ -18,7 +18,7 @@ from beat import cycles
 from beat.scheduler import CYCLE_NUMBER
 from lab.process import LabProcess, launch
 from tests.conftest import wait_until
-from tests.integration.inprocess import redis_server, register  # noqa: F401 (fixture)
+from tests.integration.inprocess import register
 from workers import store
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,7 +35,7 @@ def _finish_every_job(r, stop: threading.Event) -> None:
 
 
 @pytest.mark.timeout(120)
-def test_two_beats_out_of_phase_start_one_cycle_per_interval(redis_server, tmp_path):  # noqa: F811
+def test_two_beats_out_of_phase_start_one_cycle_per_interval(redis_server, tmp_path):
     r = store.client(redis_server.url)
     r.flushdb()
     register(r, "a", "b")
