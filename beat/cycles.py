@@ -147,14 +147,15 @@ def unsent(r: redis.Redis, cycle_id: str) -> list[dict[str, Any]]:
 
 
 def job_state(r: redis.Redis, cycle_id: str, job_id: str) -> str:
-    """"gone" when the cycle's keys expired (the job outlived its cycle), "done" when the job
-    was counted already (a duplicate message), else "pending". Redis's clock decides, through
-    the keys' TTL: no wall clocks of two machines are compared."""
+    """"gone" when the cycle's keys expired or it ended by timeout (the job outlived its
+    cycle), "done" when the job was counted already (a duplicate message), else "pending".
+    Redis's clock decides, through the keys' TTL: no wall clocks of two machines are
+    compared."""
     with r.pipeline(transaction=False) as pipe:
-        pipe.exists(cycle_key(cycle_id, "jobs"))
+        pipe.get(cycle_key(cycle_id, "remaining"))
         pipe.sismember(cycle_key(cycle_id, "done"), job_id)
-        alive, done = pipe.execute()
-    return "gone" if not alive else "done" if done else "pending"
+        remaining, done = pipe.execute()
+    return "gone" if int(remaining or 0) <= 0 else "done" if done else "pending"
 
 
 def dispatched(r: redis.Redis, cycle_id: str) -> dict[str, str]:

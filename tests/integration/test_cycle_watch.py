@@ -56,3 +56,17 @@ def test_a_cycle_about_to_expire_ends_by_timeout_and_is_reported_once(env):
     assert cycles.advance(env.redis, "c1", "j1", "ok") == (False, [])
     assert len([m for m in env.queued("results") if m["task"] == "tasks.report_cycle"]) == 1
     assert cycles.summary(env.redis, "c1")[1].get("outcome:ok") is None
+
+
+def test_a_queued_job_of_a_cycle_ended_by_timeout_is_not_run(env, monkeypatch):
+    import tasks
+
+    cycles.send(app, "c1", _begin(env.redis), env.redis)
+    for key in env.redis.scan_iter("cbw:cycle:c1:*"):
+        env.redis.pexpire(key, 20_000)
+    scheduler.watch(app, env.redis, env.settings)
+    monkeypatch.setattr(tasks.runners, "run", pytest.fail)
+    outcome = tasks.measure.apply(kwargs={"target": "198.18.0.2", "cycle": "c1", "job": "j1"},
+                                  task_id="t-after-timeout")
+    assert outcome.successful(), outcome.traceback
+    assert [m for m in env.queued("results") if m["task"] == "tasks.publish"] == []
