@@ -4,12 +4,15 @@ the moment the jobs it waits for have finished.
 `claim_interval` takes the interval (SET NX, a little less than one interval): a second beat
 out of phase (a rolling update, a mistake) finds it taken and starts nothing, so the cluster
 runs one cycle per interval. `begin` takes the cycle guard with SET NX: a cycle still running
-when the next is due finds it taken, so nothing piles up; the skip is counted. The plan's jobs are stored with their dependencies
-(a job waits for the previous job of each of its nodes), and `begin` returns the jobs that wait
-for nothing. Each finished job calls `advance` (a Lua script: count, release successors, end
-the cycle), whose ready jobs the finishing worker sends at once: the next round starts when the
-previous round's tests finish, pair by pair, not on a timer. The guard and all cycle keys have
-a TTL, so jobs that never report (a node that vanished) cannot block monitoring for longer.
+when the next is due finds it taken, so nothing piles up; the skip is counted. The plan's jobs
+are stored with their dependencies (a job waits for the previous job of each of its nodes),
+and `begin` returns the jobs that wait for nothing. Each finished job calls `advance` (a Lua
+script: count, release successors, end the cycle), whose ready jobs the finishing worker sends
+at once (`send` notes them as sent): the next round starts when the previous round's tests
+finish, pair by pair, not on a timer. The guard and all cycle keys have a TTL, so jobs that
+never report (a node that vanished) cannot block monitoring for longer; beat's watch ends such
+a cycle just before (`end_overdue`) so it is reported, and sends jobs released but never sent
+(`unsent`).
 """
 from __future__ import annotations
 
