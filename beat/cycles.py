@@ -139,11 +139,12 @@ def end_overdue(r: redis.Redis, cycle_id: str, within_ms: int,
 def unsent(r: redis.Redis, cycle_id: str) -> list[dict[str, Any]]:
     """Jobs released (dispatched) but never sent: their sender died, or beat failed right after
     begin. The watchdog sends those it sees unsent twice in a row."""
-    with r.pipeline(transaction=False) as pipe:
-        pipe.hkeys(cycle_key(cycle_id, "dispatched"))
-        pipe.smembers(cycle_key(cycle_id, "sent"))
-        released, sent = pipe.execute()
-    missing = sorted(set(released) - set(sent))
+    released = sorted(r.hkeys(cycle_key(cycle_id, "dispatched")))  # the jobs in flight: few
+    if not released:
+        return []
+    # SMISMEMBER, not SMEMBERS: the sent set holds every job sent so far in a large cycle.
+    sent = r.smismember(cycle_key(cycle_id, "sent"), released)
+    missing = [job for job, was_sent in zip(released, sent) if not was_sent]
     if not missing:
         return []
     return [json.loads(doc) for doc in r.hmget(cycle_key(cycle_id, "jobs"), missing) if doc]
