@@ -38,9 +38,10 @@ def cycle_key(cycle_id: str, part: str) -> str:
     return key("cycle", cycle_id, part)
 
 
-def claim_interval(r: redis.Redis, interval_s: float, cycle_id: str) -> str | None:
-    """Take this interval for `cycle_id`: one cycle per interval cluster-wide, however many
-    beats run and whatever their phase. Returns None when taken, else the cycle that holds it.
+def claim_interval(r: redis.Redis, interval_s: float, holder: str) -> str | None:
+    """Take this interval for `holder` (the beat, and its cycle): one cycle per interval
+    cluster-wide, however many beats run and whatever their phase. Returns None when taken,
+    else who holds it.
 
     The key lives a little less than an interval (5 %, at most 5 s, less), by Redis's clock:
     a beat firing one interval after it took the key finds it gone even when its own clock
@@ -48,10 +49,25 @@ def claim_interval(r: redis.Redis, interval_s: float, cycle_id: str) -> str | No
     guard (begin) still keeps a long cycle from overlapping the next."""
     ttl_ms = max(1, int(1000 * (interval_s - min(5.0, 0.05 * interval_s))))
     with r.pipeline() as pipe:
-        pipe.set(INTERVAL, cycle_id, nx=True, px=ttl_ms)
+        pipe.set(INTERVAL, holder, nx=True, px=ttl_ms)
         pipe.get(INTERVAL)
-        taken, holder = pipe.execute()
-    return None if taken else (holder or "unknown")
+        taken, current = pipe.execute()
+    return None if taken else (current or "unknown")
+
+
+_RELEASE_INTERVAL = """
+local current = redis.call('GET', KEYS[1])
+if current and string.sub(current, 1, string.len(ARGV[1])) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+def release_interval(r: redis.Redis, beat_id: str) -> bool:
+    """A beat that stops cleanly gives up the interval it holds (its holder text starts with
+    `beat_id`), so its successor in a rolling update starts a cycle at once."""
+    return bool(r.eval(_RELEASE_INTERVAL, 1, INTERVAL, f"{beat_id} "))
 
 
 def begin(r: redis.Redis, cycle_id: str, jobs: Sequence[Any], ttl_s: int,

@@ -29,8 +29,10 @@ CYCLE_TASK = "cloud-bandwidth.cycle"  # a marker: handled here, never sent to a 
 CYCLE_NUMBER = key("cycle", "number")
 
 
-def emit_cycle(app, r, settings: config.Settings, now: float | None = None) -> str | None:
-    """Plan and start one cycle. Returns the cycle id, or None when nothing was emitted."""
+def emit_cycle(app, r, settings: config.Settings, now: float | None = None,
+               beat_id: str = "beat") -> str | None:
+    """Plan and start one cycle. Returns the cycle id, or None when nothing was emitted
+    (nothing to measure, this interval's cycle started by another beat, or one still runs)."""
     now = time.time() if now is None else now
     nodes = registry.nodes(r)
     number = int(r.get(CYCLE_NUMBER) or 0)
@@ -41,7 +43,7 @@ def emit_cycle(app, r, settings: config.Settings, now: float | None = None) -> s
                     ("mesh", "sampled", "aggregate") else "no CBANDWIDTH_PERF_SERVERS")
         return None
     cycle_id = f"{int(now)}-{uuid.uuid4().hex[:8]}"
-    started = cycles.claim_interval(r, settings.poll_interval_s, cycle_id)
+    started = cycles.claim_interval(r, settings.poll_interval_s, f"{beat_id} {cycle_id}")
     if started is not None:
         log.info("cycle: this interval's cycle was started by another beat (%s)", started)
         return None
@@ -126,6 +128,14 @@ class CycleScheduler(Scheduler):
         }})
         self._next_watch = 0.0
         self._unsent: frozenset = frozenset()
+        self._id = f"beat-{uuid.uuid4().hex[:12]}"
+
+    def close(self):
+        try:
+            cycles.release_interval(store.client(), self._id)
+        except Exception as exc:  # Redis away: the claim expires within an interval
+            log.warning("could not give up this beat's interval: %s", exc)
+        super().close()
 
     def tick(self, *args, **kwargs):
         settings = config.get()
@@ -143,7 +153,7 @@ class CycleScheduler(Scheduler):
         if advance:
             entry = self.reserve(entry)
         try:
-            cycle_id = emit_cycle(self.app, store.client(), config.get())
+            cycle_id = emit_cycle(self.app, store.client(), config.get(), beat_id=self._id)
         except Exception as exc:  # Redis away: log, try again next interval
             log.error("cycle: could not emit: %s", exc)
             cycle_id = None

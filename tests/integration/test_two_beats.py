@@ -25,6 +25,15 @@ ROOT = Path(__file__).resolve().parents[2]
 INTERVAL_S = 2
 
 
+def _start_beat(url: str, name: str, interval_s: int, tmp_path: Path) -> LabProcess:
+    env = dict(os.environ, CBANDWIDTH_REDIS_URL=url, NODE_NAME=name,
+               CBANDWIDTH_POLL_INTERVAL=str(interval_s))
+    log = tmp_path / f"{name}.log"
+    return LabProcess(name, launch(
+        [str(Path(sys.executable).with_name("celery")), "-A", "workers", "beat", "-l", "info",
+         "-s", str(tmp_path / f"schedule-{name}")], log_path=log, env=env, cwd=ROOT), log)
+
+
 def _finish_every_job(r, stop: threading.Event) -> None:
     while not stop.is_set():
         cycle = cycles.active(r)
@@ -45,13 +54,8 @@ def test_two_beats_out_of_phase_start_one_cycle_per_interval(redis_server, tmp_p
     beats = []
     try:
         for i in (1, 2):
-            env = dict(os.environ, CBANDWIDTH_REDIS_URL=redis_server.url, NODE_NAME=f"beat-{i}",
-                       CBANDWIDTH_POLL_INTERVAL=str(INTERVAL_S))
-            log = tmp_path / f"beat-{i}.log"
-            beats.append(LabProcess(f"beat-{i}", launch(
-                [str(Path(sys.executable).with_name("celery")), "-A", "workers", "beat",
-                 "-l", "info", "-s", str(tmp_path / f"schedule-{i}")],
-                log_path=log, env=env, cwd=ROOT), log))
+            beats.append(_start_beat(redis_server.url, f"beat-{i}", INTERVAL_S, tmp_path))
+            log = beats[-1].log_path
             wait_until(lambda: "planned" in log.read_text() or "skipped" in log.read_text()
                        or "another beat" in log.read_text(), 30, what=f"beat-{i} running")
             time.sleep(INTERVAL_S / 2)  # out of phase by half an interval
@@ -68,3 +72,26 @@ def test_two_beats_out_of_phase_start_one_cycle_per_interval(redis_server, tmp_p
         worker.join(5)
         for beat in beats:
             beat.stop()
+
+
+@pytest.mark.timeout(120)
+def test_a_beat_that_stops_cleanly_gives_its_interval_to_its_successor(redis_server, tmp_path):
+    # A rolling update: the old beat gets SIGTERM, the new one starts a cycle at once instead
+    # of waiting out the old one's hour-long interval.
+    r = store.client(redis_server.url)
+    r.flushdb()
+    register(r, "a", "b")
+    old = _start_beat(redis_server.url, "beat-old", 3600, tmp_path)
+    try:
+        wait_until(lambda: "job(s) planned" in old.log_path.read_text(), 30, what="a cycle")
+        assert r.get(cycles.INTERVAL).startswith("beat-")
+    finally:
+        old.stop()
+    assert r.get(cycles.INTERVAL) is None
+    r.delete(cycles.GUARD)  # no agent ran the old cycle's jobs; it is not what is tested here
+    new = _start_beat(redis_server.url, "beat-new", 3600, tmp_path)
+    try:
+        wait_until(lambda: "job(s) planned" in new.log_path.read_text(), 30,
+                   what="the successor's first cycle")
+    finally:
+        new.stop()
