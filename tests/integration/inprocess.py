@@ -104,8 +104,11 @@ def make_env(redis_server: RedisServer, monkeypatch, **env: str) -> TaskEnv:
     monkeypatch.setattr(config, "_settings", None)
     monkeypatch.setattr(publisher, "_client", None)
     settings = config.get()
-    app.conf.update(broker_url=redis_server.url, result_backend=redis_server.url,
-                    task_always_eager=False)
+    # No result backend: the tasks run here with apply() and store nothing, and a Redis
+    # backend would subscribe to every sent task's result and unsubscribe whenever its
+    # AsyncResult is collected, possibly after the session's redis-server stopped.
+    app.conf.update(broker_url=redis_server.url, result_backend=None, task_always_eager=False)
+    vars(app._local).pop("backend", None)  # a backend an earlier test made is made again
     r = store.client(redis_server.url)
     r.flushdb()
     monkeypatch.setattr(store, "client", lambda url=None: r)

@@ -101,11 +101,15 @@ def test_a_runner_that_raises_is_published_as_failed_and_advances_the_cycle(env,
         raise ZeroDivisionError("a parser bug")
 
     monkeypatch.setattr(tasks.runners, "run", broken)
-    outcome = tasks.measure.apply(kwargs=_start_cycle(env.redis), task_id="t-bug")
+    _assert_failed_as_error_and_advanced(env, "t-bug", "a parser bug")
+
+
+def _assert_failed_as_error_and_advanced(env, task_id: str, words: str) -> None:
+    outcome = tasks.measure.apply(kwargs=_start_cycle(env.redis), task_id=task_id)
     assert outcome.successful(), outcome.traceback
     [result] = _published(env)
     assert result["status"] == "failed" and result["download"]["reason"] == "error"
-    assert "a parser bug" in result["download"]["error"]
+    assert words in result["download"]["error"]
     assert _sent_jobs(env) == ["j2"]
 
 
@@ -240,3 +244,9 @@ def test_publish_lines_writes_only_under_the_scheduler_prefix(env, caplog):
     wait_until(lambda: env.carbon.lines, 5, what="the scheduler line at carbon")
     assert env.carbon.lines == ["bandwidth.scheduler.cycle.overlap 1 100"]
     assert "bandwidth.mesh.a.b" in caplog.text
+
+
+def test_a_redis_error_before_the_test_ran_is_a_failed_result_that_advances(env, monkeypatch):
+    env.redis.hset("cbw:attempts:t-early", "x", 1)  # INCR now answers WRONGTYPE
+    monkeypatch.setattr(tasks.runners, "run", pytest.fail)
+    _assert_failed_as_error_and_advanced(env, "t-early", "WRONGTYPE")
