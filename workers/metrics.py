@@ -121,9 +121,9 @@ def result_lines(result: dict[str, Any], p: Prefixes) -> list[str]:
                     lines.append(line(f"{detail_base}.{field}", value, ts))
         lines.append(line(status_path, status_code(reason), ts))
     wait = finite(lock.get("wait_s"))
-    start = finite(result.get("start"))
-    if wait is not None and start is not None and result.get("node"):
-        lines.append(line(f"{p.scheduler}.lock_wait.{sanitize(result['node'])}", wait, start))
+    if wait is not None and result.get("node"):
+        lines.append(line(f"{p.scheduler}.lock_wait.{sanitize(result['node'])}", wait,
+                          _timestamp({}, result)))
     return lines
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from tests.unit.fixtures import load_case
 from workers.measurement import DirectionResult, Reason
-from workers.metrics import Prefixes, result_lines, status_code
+from workers.metrics import Prefixes, checked_line, result_lines, status_code
 from workers.runners import iperf2, iperf3, netperf
 
 P = Prefixes("bandwidth.download", "bandwidth.upload", "bandwidth.status", "bandwidth.detail",
@@ -131,3 +131,9 @@ def test_non_finite_numbers_in_a_result_never_reach_carbon_and_never_raise():
                    "retransmits": float("inf"), "jitter_ms": "x"}}, P)
     assert lines == [f"bandwidth.status.n.download {status_code('parse_error')} 10",
                      "bandwidth.upload.n 5 11", "bandwidth.status.n.upload 0 11"]
+
+
+def test_a_negative_start_never_makes_a_lock_wait_line_carbon_would_drop():
+    # Found by the property test: {"lock": {"wait_s": 0.0}, "node": "0", "start": -1.0}.
+    for entry in result_lines({"lock": {"wait_s": 0.0}, "node": "0", "start": -1.0}, P):
+        assert checked_line(entry) == entry
