@@ -1,13 +1,31 @@
 -- One job of a cycle finished: count it, release the jobs that were waiting only for it, and
--- end the cycle when it was the last. Idempotent per job (a redelivered job advances nothing).
+-- end the cycle when it was the last. Idempotent per job: a job counted before changes
+-- nothing, but gets back the successors it released that were never sent (the worker that
+-- advanced died before sending them), so a redelivered job un-wedges its cycle.
 -- KEYS: 1 jobs hash (id -> job JSON), 2 deps hash (id -> unfinished predecessors),
 --       3 successors hash (id -> JSON list of ids), 4 remaining counter, 5 cycle guard,
---       6 done set, 7 stats hash, 8 dispatched hash (id -> queue).
+--       6 done set, 7 stats hash, 8 dispatched hash (id -> queue), 9 sent set.
 -- ARGV: 1 job id, 2 cycle id, 3 outcome ("ok", "failed:<reason>", ...),
 --       then pairs of (node, busy seconds).
--- Returns {finished (0/1), job JSON of each job now ready ...}; {-1} when already counted.
+-- Returns {finished (0/1), job JSON of each job now ready ...};
+--         {-1, job JSON of each released but unsent successor ...} when already counted;
+--         {-2} when the cycle's keys expired or it was ended by the watchdog (a late job):
+--         nothing is recreated or reported.
+if redis.call('EXISTS', KEYS[1]) == 0 or tonumber(redis.call('GET', KEYS[4]) or '0') <= 0 then
+  return {-2}
+end
 if redis.call('SADD', KEYS[6], ARGV[1]) == 0 then
-  return {-1}
+  local pending = {-1}
+  local successors = redis.call('HGET', KEYS[3], ARGV[1])
+  if successors then
+    for _, id in ipairs(cjson.decode(successors)) do
+      if redis.call('HEXISTS', KEYS[8], id) == 1 and redis.call('SISMEMBER', KEYS[9], id) == 0
+          and tonumber(redis.call('HGET', KEYS[2], id) or '0') <= 0 then
+        table.insert(pending, redis.call('HGET', KEYS[1], id))
+      end
+    end
+  end
+  return pending
 end
 redis.call('HDEL', KEYS[8], ARGV[1])
 redis.call('HINCRBY', KEYS[7], 'outcome:' .. ARGV[3], 1)

@@ -1,20 +1,23 @@
 """Cycle execution in Redis: one cycle at a time, only one beat emits it, and each job is sent
 the moment the jobs it waits for have finished.
 
-`begin` takes the cycle guard with SET NX: a second beat (a rolling update, a mistake) and a
-cycle still running when the next is due both find it taken, so nothing is emitted twice and
-nothing piles up; the skip is counted. The plan's jobs are stored with their dependencies
-(a job waits for the previous job of each of its nodes), and `begin` returns the jobs that wait
-for nothing. Each finished job calls `advance` (a Lua script: count, release successors, end
-the cycle), whose ready jobs the finishing worker sends at once: the next round starts when the
-previous round's tests finish, pair by pair, not on a timer. The guard and all cycle keys have
-a TTL, so jobs that never report (a node that vanished) cannot block monitoring for longer.
+`claim_interval` takes the interval (SET NX, a little less than one interval): a second beat
+out of phase (a rolling update, a mistake) finds it taken and starts nothing, so the cluster
+runs one cycle per interval. `begin` takes the cycle guard with SET NX: a cycle still running
+when the next is due finds it taken, so nothing piles up; the skip is counted. The plan's jobs
+are stored with their dependencies (a job waits for the previous job of each of its nodes),
+and `begin` returns the jobs that wait for nothing. Each finished job calls `advance` (a Lua
+script: count, release successors, end the cycle), whose ready jobs the finishing worker sends
+at once (`send` notes them as sent): the next round starts when the previous round's tests
+finish, pair by pair, not on a timer. The guard and all cycle keys have a TTL, so jobs that
+never report (a node that vanished) cannot block monitoring for longer; beat's watch ends such
+a cycle just before (`end_overdue`) so it is reported, and sends jobs released but never sent
+(`unsent`).
 """
 from __future__ import annotations
 
 import json
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -24,12 +27,47 @@ from workers.store import key
 
 GUARD = key("cycle", "guard")
 OVERLAPS = key("cycle", "overlaps")
+INTERVAL = key("cycle", "interval")
+"""Taken by the beat that starts an interval's cycle, for a little less than one interval."""
 _ADVANCE = (Path(__file__).with_name("cycle_advance.lua")).read_text()
-_PARTS = ("jobs", "deps", "succ", "remaining", "done", "stats", "dispatched", "meta")
+_PARTS = ("jobs", "deps", "succ", "remaining", "done", "stats", "dispatched", "meta",
+          "sent")
 
 
 def cycle_key(cycle_id: str, part: str) -> str:
     return key("cycle", cycle_id, part)
+
+
+def claim_interval(r: redis.Redis, interval_s: float, holder: str) -> str | None:
+    """Take this interval for `holder` (the beat, and its cycle): one cycle per interval
+    cluster-wide, however many beats run and whatever their phase. Returns None when taken,
+    else who holds it.
+
+    The key lives a little less than an interval (5 %, at most 5 s, less), by Redis's clock:
+    a beat firing one interval after it took the key finds it gone even when its own clock
+    or the network is a little ahead, and a second beat firing in between finds it held. The
+    guard (begin) still keeps a long cycle from overlapping the next."""
+    ttl_ms = max(1, int(1000 * (interval_s - min(5.0, 0.05 * interval_s))))
+    with r.pipeline() as pipe:
+        pipe.set(INTERVAL, holder, nx=True, px=ttl_ms)
+        pipe.get(INTERVAL)
+        taken, current = pipe.execute()
+    return None if taken else (current or "unknown")
+
+
+_RELEASE_INTERVAL = """
+local current = redis.call('GET', KEYS[1])
+if current and string.sub(current, 1, string.len(ARGV[1])) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+def release_interval(r: redis.Redis, beat_id: str) -> bool:
+    """A beat that stops cleanly gives up the interval it holds (its holder text starts with
+    `beat_id`), so its successor in a rolling update starts a cycle at once."""
+    return bool(r.eval(_RELEASE_INTERVAL, 1, INTERVAL, f"{beat_id} "))
 
 
 def begin(r: redis.Redis, cycle_id: str, jobs: Sequence[Any], ttl_s: int,
@@ -46,9 +84,8 @@ def begin(r: redis.Redis, cycle_id: str, jobs: Sequence[Any], ttl_s: int,
         r.incr(OVERLAPS)
         return holder or "unknown", []
 
-    expires_at = time.time() + ttl_s
-    documents = {job.id: json.dumps({"id": job.id, "queue": job.queue, "kwargs": job.kwargs,
-                                     "expires_at": expires_at}) for job in jobs}
+    documents = {job.id: json.dumps({"id": job.id, "queue": job.queue, "kwargs": job.kwargs})
+                 for job in jobs}
     successors: dict[str, list[str]] = {}
     for job in jobs:
         for before in job.after:
@@ -77,17 +114,68 @@ def advance(r: redis.Redis, cycle_id: str, job_id: str, outcome: str,
             busy: Iterable[tuple[str, float]] = ()) -> tuple[bool, list[dict[str, Any]]]:
     """Job `job_id` finished with `outcome`; `busy` gives each involved node's seconds in it.
 
-    Returns (cycle finished, jobs to send now). A job counted before returns (False, [])."""
+    Returns (cycle finished, jobs to send now). A job counted before returns (False, the jobs
+    it released that were never sent): sending them again is what un-wedges a cycle whose
+    worker died between advancing and sending. A job of a cycle whose keys expired returns
+    (False, []) and recreates nothing."""
     keys = [cycle_key(cycle_id, p) for p in
             ("jobs", "deps", "succ", "remaining")] + [GUARD] + [
-        cycle_key(cycle_id, p) for p in ("done", "stats", "dispatched")]
+        cycle_key(cycle_id, p) for p in ("done", "stats", "dispatched", "sent")]
     args: list[Any] = [job_id, cycle_id, outcome]
     for node, seconds in busy:
         args += [node, f"{seconds:.3f}"]
     reply = r.eval(_ADVANCE, len(keys), *keys, *args)
-    if int(reply[0]) < 0:
-        return False, []
-    return bool(int(reply[0])), [json.loads(doc) for doc in reply[1:]]
+    return int(reply[0]) == 1, [json.loads(doc) for doc in reply[1:]]
+
+
+_END = """
+local left = tonumber(redis.call('GET', KEYS[1]) or '0')
+if left <= 0 then return 0 end
+redis.call('HINCRBY', KEYS[2], 'outcome:failed:' .. ARGV[2], left)
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
+redis.call('SET', KEYS[1], 0, 'KEEPTTL')
+if redis.call('GET', KEYS[3]) == ARGV[1] then redis.call('DEL', KEYS[3]) end
+return left
+"""
+
+
+def end_overdue(r: redis.Redis, cycle_id: str, within_ms: int,
+                reason: str = "cycle_timeout") -> int:
+    """End `cycle_id` if its keys expire within `within_ms` (by Redis's clock) with jobs still
+    unfinished: count those as failed with `reason`, free the guard, so the cycle can be
+    reported instead of vanishing. Returns how many jobs it ended (0: not overdue)."""
+    ttl = r.pttl(cycle_key(cycle_id, "jobs"))
+    if ttl < 0 or ttl > within_ms:
+        return 0
+    return int(r.eval(_END, 3, cycle_key(cycle_id, "remaining"), cycle_key(cycle_id, "stats"),
+                      GUARD, cycle_id, reason))
+
+
+def unsent(r: redis.Redis, cycle_id: str) -> list[dict[str, Any]]:
+    """Jobs released (dispatched) but never sent: their sender died, or beat failed right after
+    begin. The watchdog sends those it sees unsent twice in a row."""
+    released = sorted(r.hkeys(cycle_key(cycle_id, "dispatched")))  # the jobs in flight: few
+    if not released:
+        return []
+    # SMISMEMBER, not SMEMBERS: the sent set holds every job sent so far in a large cycle.
+    sent = r.smismember(cycle_key(cycle_id, "sent"), released)
+    missing = [job for job, was_sent in zip(released, sent) if not was_sent]
+    if not missing:
+        return []
+    return [json.loads(doc) for doc in r.hmget(cycle_key(cycle_id, "jobs"), missing) if doc]
+
+
+def job_state(r: redis.Redis, cycle_id: str, job_id: str) -> str:
+    """"gone" when the cycle's keys expired or it ended by timeout (the job outlived its
+    cycle), "done" when the job was counted already (a duplicate message), else "pending".
+    Redis's clock decides, through the keys' TTL: no wall clocks of two machines are
+    compared."""
+    with r.pipeline(transaction=False) as pipe:
+        pipe.get(cycle_key(cycle_id, "remaining"))
+        pipe.sismember(cycle_key(cycle_id, "done"), job_id)
+        remaining, done = pipe.execute()
+    return "gone" if int(remaining or 0) <= 0 else "done" if done else "pending"
 
 
 def dispatched(r: redis.Redis, cycle_id: str) -> dict[str, str]:
@@ -113,13 +201,25 @@ def overlaps(r: redis.Redis) -> int:
     return int(r.get(OVERLAPS) or 0)
 
 
-def send(app, cycle_id: str, jobs: Iterable[dict[str, Any]]) -> int:
-    """Send ready jobs to their queues as tasks.measure. A job that outlives its cycle's guard
-    expires unrun (a node that comes back does not run a stale plan)."""
-    sent = 0
+def send(app, cycle_id: str, jobs: Iterable[dict[str, Any]],
+         r: redis.Redis | None = None) -> int:
+    """Send ready jobs to their queues as tasks.measure and, given `r`, note them as sent (a
+    redelivered predecessor re-sends only what was never sent). A job that outlives its cycle
+    is not run: the worker finds the cycle's keys gone (job_state), so no message carries a
+    wall-clock expiry that another machine's clock would judge."""
+    sent = []
     for job in jobs:
         app.send_task("tasks.measure", kwargs=dict(job["kwargs"], cycle=cycle_id, job=job["id"]),
-                      queue=job["queue"],
-                      expires=datetime.fromtimestamp(job["expires_at"], timezone.utc))
-        sent += 1
-    return sent
+                      queue=job["queue"])
+        sent.append(job["id"])
+    if sent and r is not None:
+        name = cycle_key(cycle_id, "sent")
+        with r.pipeline(transaction=False) as pipe:
+            pipe.sadd(name, *sent)
+            pipe.pttl(cycle_key(cycle_id, "jobs"))
+            _, ttl = pipe.execute()
+        if ttl and ttl > 0:
+            r.pexpire(name, ttl)
+        else:
+            r.delete(name)  # the cycle is gone: leave nothing behind
+    return len(sent)

@@ -2,8 +2,10 @@
 plans a cycle (beat.plan) and sends the jobs that wait for nothing (beat.cycles); the rest are
 sent by the workers as their predecessors finish.
 
-Between cycles it watches the running one: a job sent to a node that has left the registry
-will never run, so it is counted as skipped and the jobs waiting for it go ahead.
+Between cycles it watches the running one (watch): a job sent to a node that has left the
+registry will never run, so it is counted as skipped and the jobs waiting for it go ahead; a
+job released but never sent is sent; a cycle about to expire with jobs unfinished ends by
+timeout and is reported.
 """
 from __future__ import annotations
 
@@ -27,8 +29,10 @@ CYCLE_TASK = "cloud-bandwidth.cycle"  # a marker: handled here, never sent to a 
 CYCLE_NUMBER = key("cycle", "number")
 
 
-def emit_cycle(app, r, settings: config.Settings, now: float | None = None) -> str | None:
-    """Plan and start one cycle. Returns the cycle id, or None when nothing was emitted."""
+def emit_cycle(app, r, settings: config.Settings, now: float | None = None,
+               beat_id: str = "beat") -> str | None:
+    """Plan and start one cycle. Returns the cycle id, or None when nothing was emitted
+    (nothing to measure, this interval's cycle started by another beat, or one still runs)."""
     now = time.time() if now is None else now
     nodes = registry.nodes(r)
     number = int(r.get(CYCLE_NUMBER) or 0)
@@ -39,6 +43,10 @@ def emit_cycle(app, r, settings: config.Settings, now: float | None = None) -> s
                     ("mesh", "sampled", "aggregate") else "no CBANDWIDTH_PERF_SERVERS")
         return None
     cycle_id = f"{int(now)}-{uuid.uuid4().hex[:8]}"
+    started = cycles.claim_interval(r, settings.poll_interval_s, f"{beat_id} {cycle_id}")
+    if started is not None:
+        log.info("cycle: this interval's cycle was started by another beat (%s)", started)
+        return None
     ttl = cycle_plan.ttl_s(settings.poll_interval_s)
     holder, ready = cycles.begin(r, cycle_id, cycle_plan.jobs, ttl,
                                  meta={"strategy": cycle_plan.strategy, "number": number})
@@ -49,7 +57,7 @@ def emit_cycle(app, r, settings: config.Settings, now: float | None = None) -> s
             f"{settings.scheduler_prefix}.cycle.overlap", 1, now)]])
         return None
     r.incr(CYCLE_NUMBER)
-    cycles.send(app, cycle_id, ready)
+    cycles.send(app, cycle_id, ready, r)
     log.info("cycle %s (#%d): %d %s job(s) planned, %d sent", cycle_id, number,
              len(cycle_plan.jobs), cycle_plan.strategy, len(ready))
     return cycle_id
@@ -67,13 +75,42 @@ def skip_vanished(app, r, settings: config.Settings) -> int:
         if not queue.startswith("node.") or queue in alive:
             continue
         finished, ready = cycles.advance(r, cycle_id, job_id, "failed:skipped")
-        cycles.send(app, cycle_id, ready)
+        cycles.send(app, cycle_id, ready, r)
         log.warning("cycle %s: job %s skipped, %s left the registry", cycle_id, job_id,
                     queue[5:])
         skipped += 1
         if finished:
             app.send_task("tasks.report_cycle", args=[cycle_id], queue=RESULTS_QUEUE)
     return skipped
+
+
+def watch(app, r, settings: config.Settings, seen_unsent: frozenset = frozenset()
+          ) -> frozenset:
+    """One pass of beat's watch over the running cycle, every heartbeat interval:
+
+    - jobs of nodes that left the registry are skipped (skip_vanished);
+    - a cycle about to expire with jobs unfinished ends by timeout: they count as failed
+      (`cycle_timeout`, a reason series in its report), the guard is freed, the cycle reported;
+    - jobs released but never sent (their sender died, or beat failed right after begin) are
+      sent when this pass sees them unsent again; the previous pass's `seen_unsent` is passed
+      in and this pass's returned, so no clock decides and a send in flight is left alone.
+    """
+    skip_vanished(app, r, settings)
+    cycle_id = cycles.active(r)
+    if not cycle_id:
+        return frozenset()
+    ended = cycles.end_overdue(r, cycle_id, 3000 * settings.heartbeat_interval_s)
+    if ended:
+        log.warning("cycle %s ended by timeout: %d job(s) never reported", cycle_id, ended)
+        app.send_task("tasks.report_cycle", args=[cycle_id], queue=RESULTS_QUEUE)
+        return frozenset()
+    unsent = {(cycle_id, job["id"]): job for job in cycles.unsent(r, cycle_id)}
+    stuck = [job for seen, job in unsent.items() if seen in seen_unsent]
+    if stuck:
+        log.warning("cycle %s: %d job(s) released but never sent; sending them now", cycle_id,
+                    len(stuck))
+        cycles.send(app, cycle_id, stuck, r)
+    return frozenset(unsent) - {(cycle_id, job["id"]) for job in stuck}
 
 
 class CycleScheduler(Scheduler):
@@ -90,13 +127,22 @@ class CycleScheduler(Scheduler):
             "last_run_at": self.app.now() - interval,
         }})
         self._next_watch = 0.0
+        self._unsent: frozenset = frozenset()
+        self._id = f"beat-{uuid.uuid4().hex[:12]}"
+
+    def close(self):
+        try:
+            cycles.release_interval(store.client(), self._id)
+        except Exception as exc:  # Redis away: the claim expires within an interval
+            log.warning("could not give up this beat's interval: %s", exc)
+        super().close()
 
     def tick(self, *args, **kwargs):
         settings = config.get()
         if time.monotonic() >= self._next_watch:
             self._next_watch = time.monotonic() + settings.heartbeat_interval_s
             try:
-                skip_vanished(self.app, store.client(), settings)
+                self._unsent = watch(self.app, store.client(), settings, self._unsent)
             except Exception as exc:  # Redis away: the next tick tries again
                 log.error("cycle watch failed: %s", exc)
         return super().tick(*args, **kwargs)
@@ -107,7 +153,7 @@ class CycleScheduler(Scheduler):
         if advance:
             entry = self.reserve(entry)
         try:
-            cycle_id = emit_cycle(self.app, store.client(), config.get())
+            cycle_id = emit_cycle(self.app, store.client(), config.get(), beat_id=self._id)
         except Exception as exc:  # Redis away: log, try again next interval
             log.error("cycle: could not emit: %s", exc)
             cycle_id = None

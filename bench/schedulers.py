@@ -224,7 +224,7 @@ def run_cycle(app, redis, outcome: Outcome, cycle_id: str, timeout_s: float) -> 
                                  meta={"strategy": strategy})
     if holder is not None:
         raise LabError(f"cycle guard held by {holder}")
-    cycles.send(app, cycle_id, ready)
+    cycles.send(app, cycle_id, ready, redis)
     log(f"{strategy}: cycle {cycle_id} begun, {len(jobs)} jobs, {len(ready)} sent at once")
     deadline = began + timeout_s
     seen = -1

@@ -12,6 +12,8 @@ import logging
 import random
 from typing import Any
 
+from celery.exceptions import Retry
+
 from beat import cycles
 from workers import app, config, health, jobs, ledger, locks, metrics, registry, runners, store
 from workers.carbon import CarbonUnavailable
@@ -28,31 +30,99 @@ def measure(self, **options: Any) -> str:
     `celery result <id>` prints JSON (it prints a dict as Python's repr) and pipes into jq.
 
     Keyword arguments: see workers.jobs.OPTIONS. A bad request fails this task with a clear
-    BadRequest and the worker keeps serving.
+    BadRequest and the worker keeps serving. Past that, nothing fails the task: a fault
+    (Redis, a runner's bug) becomes a failed or flagged result that is published and
+    advances the test's cycle.
     """
     settings = config.get()
     request = jobs.parse_request(options, settings)
     redis = store.client()
     task_id = self.request.id
 
+    previous = _earlier_outcome(self, redis, request, task_id)
+    if previous is not None:
+        return previous
+    try:
+        result = _run_attempt(self, request, settings, redis, task_id)
+    except Retry:
+        raise
+    except Exception as exc:  # Redis away before the tool ran, a bug: a failed result
+        log.exception("test %s could not run", task_id)
+        result = jobs.not_run(request, settings, Reason.ERROR, f"internal error: {exc}")
+    result["task_id"] = task_id
+    _hand_over(self, redis, request, task_id, result)
+    return json.dumps(result)
+
+
+def _earlier_outcome(task, redis, request: jobs.Request, task_id: str) -> str | None:
+    """What a redelivered or stale message returns instead of measuring again (None: measure).
+
+    Handed over before (the worker died before its ack): publish it if that never happened,
+    advance its cycle (idempotent; re-sends the successors never sent). A cycle job whose
+    cycle ended (its keys expired) or that was counted already (a duplicate) is not run."""
     previous = ledger.handed_over(redis, task_id)
     if previous is not None:
-        log.info("test %s was measured and handed over before this worker restarted", task_id)
+        log.info("test %s was measured and handed over before: not measured again", task_id)
+        _hand_over(task, redis, request, task_id, previous, redelivered=True)
         return json.dumps(previous)
+    if request.cycle and request.job:
+        state = cycles.job_state(redis, request.cycle, request.job)
+        if state != "pending":
+            log.warning("job %s of cycle %s not run: %s", request.job, request.cycle,
+                        "its cycle ended before it started" if state == "gone" else
+                        "it was counted already (a duplicate message)")
+            return json.dumps({"status": "not_run", "cycle": request.cycle, "job": request.job,
+                               "why": state})
+    return None
 
+
+def _run_attempt(task, request, settings, redis, task_id) -> dict[str, Any]:
     attempt = ledger.start_attempt(redis, task_id)
     if attempt > settings.max_attempts:
         result = jobs.abandoned(request, settings, attempt)
     else:
-        result = _measure_exclusively(self, request, settings, redis, task_id, attempt)
-    result["task_id"] = task_id
+        result = _measure_exclusively(task, request, settings, redis, task_id, attempt)
     result["attempt"] = min(attempt, settings.max_attempts + 1)
+    return result
 
-    app.send_task("tasks.publish", args=[result], queue=RESULTS_QUEUE)
-    ledger.mark_handed_over(redis, task_id, result)
-    if request.cycle and request.job:
+
+def _hand_over(task, redis, request: jobs.Request, task_id: str, result: dict[str, Any],
+               redelivered: bool = False) -> None:
+    """Remember the result, hand it to the result handler, advance the cycle. Remembering
+    first makes every later step repeatable: when publishing or advancing fails, the task is
+    retried and its retry takes the handed-over path (`redelivered`), which finishes the job
+    without measuring again."""
+    if not redelivered:
+        try:
+            ledger.mark_handed_over(redis, task_id, result)
+        except Exception as exc:
+            log.error("could not record test %s as handed over: %s", task_id, exc)
+    try:
+        if not (redelivered and ledger.published(redis, task_id)):
+            _publish(redis, task_id, result)
         _advance_cycle(redis, request, result)
-    return json.dumps(result)
+    except Exception as exc:
+        tries = task.request.retries
+        if tries >= HAND_OVER_RETRIES:
+            log.error("test %s: hand-over failed %d times, giving up: %s", task_id, tries + 1,
+                      exc)
+            raise
+        countdown = min(2 ** tries, 30)
+        log.error("test %s: hand-over failed (%s); retried in %s s", task_id, exc, countdown)
+        raise task.retry(countdown=countdown, max_retries=None, exc=exc)
+
+
+HAND_OVER_RETRIES = 8
+"""Retries of a measured test whose result could not be published or whose cycle could not be
+advanced (Redis away); each retry takes the handed-over path and does not measure again."""
+
+
+def _publish(redis, task_id: str, result: dict[str, Any]) -> None:
+    app.send_task("tasks.publish", args=[result], queue=RESULTS_QUEUE)
+    try:
+        ledger.mark_published(redis, task_id)
+    except Exception as exc:  # a redelivery publishes once more: the same lines, harmless
+        log.warning("could not record test %s as published: %s", task_id, exc)
 
 
 def _measure_exclusively(task, request, settings, redis, task_id, attempt) -> dict[str, Any]:
@@ -76,21 +146,40 @@ def _measure_exclusively(task, request, settings, redis, task_id, attempt) -> di
                             f"{tries + 1} waits of {settings.lock_wait_s} s")
     try:
         result = jobs.measure(request, settings, runners.run)
-        expired = not locks.still_held(redis, lease)
     finally:
-        locks.release(redis, lease)
+        expired, doubt = _lock_outcome(redis, lease)
     result["lock"] = dict(lease.summary(), expired=expired, requeued=task.request.retries)
+    if doubt:
+        result["lock"]["unverified"] = doubt
     if expired:
-        log.warning("the lock of test %s expired before it finished: result flagged", task_id)
+        log.warning("the lock of test %s expired before it finished (or could not be "
+                    "checked): result flagged", task_id)
     return result
 
 
+def _lock_outcome(redis, lease) -> tuple[bool, str | None]:
+    """(expired, why it could not be checked) after the test, and the lock released. A lock
+    that cannot be checked (Redis away) counts as expired: the rate is kept, flagged as not
+    verified, never silently trusted. A failed release is left to the lock's TTL."""
+    try:
+        expired, doubt = not locks.still_held(redis, lease), None
+    except Exception as exc:
+        expired, doubt = True, f"the lock could not be checked: {exc}"
+    try:
+        locks.release(redis, lease)
+    except Exception as exc:
+        log.warning("could not release %s (it expires by its TTL): %s", lease.owner, exc)
+    return expired, doubt
+
+
 def _advance_cycle(redis, request: jobs.Request, result: dict[str, Any]) -> None:
+    if not (request.cycle and request.job):
+        return
     seconds = max(0.0, result["end"] - result["start"])
     busy = [(result["node"], seconds)] + ([(request.peer, seconds)] if request.peer else [])
     finished, ready = cycles.advance(redis, request.cycle, request.job, jobs.outcome(result),
                                      busy)
-    cycles.send(app, request.cycle, ready)
+    cycles.send(app, request.cycle, ready, redis)
     if finished:
         app.send_task("tasks.report_cycle", args=[request.cycle], queue=RESULTS_QUEUE)
 
@@ -108,20 +197,66 @@ def _deliver(task, lines: list[str], what: str) -> int:
     return len(lines)
 
 
+UNPUBLISHABLE = store.key("results", "unpublishable")
+"""Results the result handler could not turn into lines (a bug, or a newer agent's format):
+kept here, newest first, for an operator; at most UNPUBLISHABLE_MAX of them."""
+UNPUBLISHABLE_MAX = 1000
+
+
 @app.task(name="tasks.publish", bind=True, max_retries=None)
 def publish(self, result: dict[str, Any]) -> int:
     """Write one result to carbon; returns the number of lines written. While carbon is
-    unreachable the message is retried (and stays queued), so nothing is lost."""
-    settings = config.get()
-    lines = metrics.lines_for(result, settings)
-    health.note_result(store.client(), result)
-    return _deliver(self, lines, f"result {result.get('task_id')}")
+    unreachable the message is retried (and stays queued), so nothing is lost. Nothing else
+    stops a result: a failing health note is logged and the lines go out anyway."""
+    what = f"result {result.get('task_id') if isinstance(result, dict) else '?'}"
+    try:
+        lines = metrics.lines_for(result, config.get())
+    except Exception as exc:
+        _keep_unpublishable(result, exc)
+        return 0
+    _note_health(result)
+    return _deliver(self, lines, what)
+
+
+def _note_health(result: dict[str, Any]) -> None:
+    try:
+        health.note_result(store.client(), result)
+    except Exception as exc:  # the sample-age bookkeeping must never cost a result
+        log.error("could not note result %s for the sample-age series: %s",
+                  result.get("task_id"), exc)
+
+
+def _keep_unpublishable(result: Any, exc: Exception) -> None:
+    text = json.dumps(result, default=repr)
+    log.error("result cannot be written as carbon lines (%s); kept in %s: %s", exc,
+              UNPUBLISHABLE, text)
+    try:
+        with store.client().pipeline() as pipe:
+            pipe.lpush(UNPUBLISHABLE, text)
+            pipe.ltrim(UNPUBLISHABLE, 0, UNPUBLISHABLE_MAX - 1)
+            pipe.execute()
+    except Exception as again:  # the log line above still has it
+        log.error("could not keep result in %s: %s", UNPUBLISHABLE, again)
 
 
 @app.task(name="tasks.publish_lines", bind=True, max_retries=None)
 def publish_lines(self, lines: list[str]) -> int:
-    """Write prepared lines (beat's own health series) to carbon."""
-    return _deliver(self, [metrics.checked_line(entry) for entry in lines], "health lines")
+    """Write prepared lines (beat's own health series) to carbon: only well-formed lines under
+    CBANDWIDTH_SCHEDULER_PREFIX; anything else (a forged message writing measurement series)
+    is refused with an error line."""
+    prefix = config.get().scheduler_prefix + "."
+    accepted = []
+    for entry in lines if isinstance(lines, list) else [lines]:
+        try:
+            checked = metrics.checked_line(entry)
+        except ValueError as exc:
+            log.error("health line refused: %s", exc)
+            continue
+        if not checked.startswith(prefix):
+            log.error("health line refused: %r is not under %s", checked, prefix[:-1])
+            continue
+        accepted.append(checked)
+    return _deliver(self, accepted, "health lines") if accepted else 0
 
 
 @app.task(name="tasks.report_cycle", bind=True, max_retries=None)

@@ -123,5 +123,14 @@ def _stop_servers(**_):
         _supervisor.stop()
 
 
+@signals.worker_init.connect
+def _check_identity(sender=None, **_):
+    """A node agent whose name others cannot test at stops here, with one line."""
+    settings = config.get()
+    queues = sender.app.amqp.queues
+    if settings.node_queue in set(queues.consume_from or queues):
+        config.exit_on_error(lambda: config.check_node_identity(settings))
+
+
 def install(app) -> None:
     app.steps["consumer"].add(RegistryHeartbeat)

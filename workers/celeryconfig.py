@@ -3,6 +3,9 @@
 Celery imports this module lazily when the app is first configured (process start of every
 `celery -A workers …` command), so a bad setting exits there with one line, not a traceback.
 """
+import ssl
+from urllib.parse import urlsplit
+
 from kombu import Exchange, Queue
 
 from workers import config, defaults
@@ -12,6 +15,13 @@ _settings = config.exit_on_error()
 broker_url = _settings.redis_url
 result_backend = _settings.redis_url
 broker_connection_retry_on_startup = True
+
+if urlsplit(_settings.redis_url).scheme == "rediss":
+    # TLS that verifies the server, against the system's CAs (a private CA: SSL_CERT_FILE).
+    # Celery refuses a rediss:// result backend without ssl_cert_reqs; redis-py (registry,
+    # locks) verifies by default already.
+    broker_use_ssl = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+    redis_backend_use_ssl = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
 
 # JSON only: a pickled message could run code on every node; it is refused, not deserialised.
 task_serializer = "json"

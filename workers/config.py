@@ -350,7 +350,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
     margin = _int(r, p + "TIMEOUT_MARGIN", defaults.TIMEOUT_MARGIN, 1, 600)
     visibility = _int(r, p + "VISIBILITY_TIMEOUT", defaults.VISIBILITY_TIMEOUT, 60, 7 * 86400)
     lock_wait = _int(r, p + "LOCK_WAIT", defaults.LOCK_WAIT, 0, 3600)
-    longest_task = lock_wait + 2 * (length + margin) + 60
+    longest_task = longest_task_s(lock_wait, 2 * (length + margin))
     if visibility <= longest_task:
         raise ConfigError(p + "VISIBILITY_TIMEOUT",
                           f"must exceed the longest task ({longest_task} s: lock wait + test "
@@ -416,6 +416,37 @@ def get() -> Settings:
     if _settings is None:
         _settings = load()
     return _settings
+
+
+def valid_node_name(name: object) -> bool:
+    """A NODE_NAME as config accepts it (it names the node's queue)."""
+    return isinstance(name, str) and bool(_NODE_NAME.match(name))
+
+
+def longest_task_s(lock_wait_s: float, longest_run_s: float) -> float:
+    """Seconds one tasks.measure can hold its message: the lock wait, the test's longest run,
+    and a minute for the rest. CBANDWIDTH_VISIBILITY_TIMEOUT must exceed it, or Redis hands
+    the message to a second worker while the first still measures."""
+    return lock_wait_s + longest_run_s + 60
+
+
+def check_node_identity(settings: Settings) -> Settings:
+    """A node agent's name and address, checked once at agent start: other nodes test this
+    node at CBANDWIDTH_NODE_ADDRESS, or at NODE_NAME when that is unset, so then NODE_NAME must
+    be an IP address or DNS name too (``node_1``, ``gpu-node-``, ``rack1.42`` are not: every
+    test against the node would fail as a bad request). The result handler and beat only
+    name their queue with NODE_NAME and are not held to this."""
+    if settings.node_address:
+        return settings
+    try:
+        validate_target(settings.node_name)
+    except ValueError as exc:
+        reason = str(exc).split(" (", 1)[-1].rstrip(")") if " (" in str(exc) else str(exc)
+        raise ConfigError("NODE_NAME", f"{settings.node_name!r} is not an IP address or DNS "
+                          f"name ({reason}), and other nodes reach this node at its name "
+                          f"while CBANDWIDTH_NODE_ADDRESS is unset: set "
+                          f"CBANDWIDTH_NODE_ADDRESS, or use a DNS-style NODE_NAME") from None
+    return settings
 
 
 def exit_on_error(action: Callable[[], Settings] = get) -> Settings:

@@ -129,7 +129,7 @@ def parse_request(options: Mapping[str, Any], settings: config.Settings) -> Requ
     if mode is not None and mode not in MODES:
         raise BadRequest(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
 
-    return Request(
+    request = Request(
         target=target, name=name, tool=tool,
         port=_whole(options, "port", settings.port_for(tool), 1, 65535),
         length_s=_whole(options, "length", settings.poll_length_s, 1, 3600),
@@ -139,6 +139,14 @@ def parse_request(options: Mapping[str, Any], settings: config.Settings) -> Requ
         udp_bandwidth_bps=udp_bps, bind_address=bind, peer=options.get("peer"), mode=mode,
         cycle=options.get("cycle"), job=options.get("job"),
     )
+    longest = config.longest_task_s(settings.lock_wait_s,
+                                    request.longest_run_s(settings.timeout_margin_s))
+    if longest >= settings.visibility_timeout_s:
+        raise BadRequest(f"length {request.length_s} s is too long: the test could take "
+                         f"{longest:.0f} s, beyond CBANDWIDTH_VISIBILITY_TIMEOUT="
+                         f"{settings.visibility_timeout_s} s (Redis would hand it to a second "
+                         f"worker while it runs)")
+    return request
 
 
 def overall_status(directions: list[DirectionResult]) -> str:
@@ -164,11 +172,25 @@ def measure(request: Request, settings: config.Settings,
     for direction in DIRECTIONS:
         if direction not in request.directions:
             continue
-        outcome = run(request.spec(direction, settings.timeout_margin_s))
+        outcome = _run_direction(run, request.spec(direction, settings.timeout_margin_s))
         outcomes[direction] = outcome
         text = describe(direction, request, settings.node_name, outcome)
         (log.info if outcome.ok else log.warning)(text)
     return build_result(request, settings, outcomes)
+
+
+def _run_direction(run: Callable[[TestSpec], DirectionResult], spec: TestSpec
+                   ) -> DirectionResult:
+    """One direction; a runner that raises (a bug, output nobody foresaw) fails this direction
+    with the exception's text instead of losing the whole test."""
+    start = time.time()
+    try:
+        return run(spec)
+    except Exception as exc:
+        log.exception("the %s runner failed", spec.tool)
+        return DirectionResult.failed(Reason.ERROR, f"internal error in the {spec.tool} runner: "
+                                                    f"{type(exc).__name__}: {exc}",
+                                      start, time.time())
 
 
 def build_result(request: Request, settings: config.Settings,

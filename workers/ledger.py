@@ -2,9 +2,11 @@
 
 - attempts: how often a test was started. A worker that dies mid-test gets its message back
   (acks_late + reject_on_worker_lost), and Celery would run it again without limit.
-- handed over: a test whose result already went to the result handler is not measured again
-  when its message comes back (the worker died between hand-over and ack), so Graphite never
-  gets two different values for one test.
+- handed over: a test whose result was recorded is not measured again when its message comes
+  back (the worker died between hand-over and ack, or the hand-over failed and was retried),
+  so Graphite never gets two different values for one test.
+- published: the recorded result reached the results queue; a redelivery publishes it only
+  when that never happened.
 """
 from __future__ import annotations
 
@@ -42,3 +44,12 @@ def handed_over(r: redis.Redis, task_id: str) -> dict[str, Any] | None:
 
 def mark_handed_over(r: redis.Redis, task_id: str, result: dict[str, Any]) -> None:
     r.set(key("handed-over", task_id), json.dumps(result), ex=TTL_S)
+
+
+def mark_published(r: redis.Redis, task_id: str) -> None:
+    """The result of task_id reached the broker's results queue."""
+    r.set(key("published", task_id), 1, ex=TTL_S)
+
+
+def published(r: redis.Redis, task_id: str) -> bool:
+    return bool(r.exists(key("published", task_id)))

@@ -8,6 +8,7 @@ Units are in the field names where they could be mistaken: seconds, bits per sec
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -46,6 +47,20 @@ STATUS_CODES: dict[str | None, int] = {
 TOOLS = ("iperf3", "iperf2", "netperf")
 PROTOCOLS = ("tcp", "udp")
 DIRECTIONS = ("download", "upload")
+
+
+def finite(value: Any) -> float | None:
+    """``value`` as a finite float, or None: for text a tool printed ("inf", "nan", 400 digits)
+    and for JSON numbers (Python's json reads Infinity and NaN, and integers of any size).
+    Booleans are no numbers. Each parser decides per field what None means: a side field is
+    dropped, a missing rate fails the direction as a parse error."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return None
+    try:
+        number = float(value)
+    except (ValueError, OverflowError):
+        return None
+    return number if math.isfinite(number) else None
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import math
 import re
+import time
 from typing import Any, Iterable, NamedTuple
 
-from workers.measurement import STATUS_CODES, Reason
+from workers.measurement import STATUS_CODES, Reason, finite
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 _PREFIX = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
@@ -65,17 +66,24 @@ def checked_line(text: str) -> str:
 
 
 def status_code(reason: str | None) -> int:
-    return STATUS_CODES[Reason(reason) if reason else None]
+    """The status value of a reason; one this version does not know (a newer agent's) is
+    written as a plain error rather than refused."""
+    if not reason:
+        return STATUS_CODES[None]
+    try:
+        return STATUS_CODES[Reason(reason)]
+    except ValueError:
+        return STATUS_CODES[Reason.ERROR]
 
 
 def _paths(result: dict[str, Any], direction: str, p: Prefixes) -> tuple[str, str, str]:
     """(throughput path, status path, detail base) of one direction of a result."""
-    if result.get("mode") in FLOW_MODES and result.get("peer"):
+    if result.get("mode") in FLOW_MODES and result.get("peer") and result.get("node"):
         node, peer = sanitize(result["node"]), sanitize(result["peer"])
         src, dst = (node, peer) if direction == "download" else (peer, node)
         return f"{p.mesh}.{src}.{dst}", f"{p.status}.mesh.{src}.{dst}", \
             f"{p.detail}.mesh.{src}.{dst}"
-    name = sanitize(result["name"])
+    name = sanitize(result.get("name") or result.get("target") or "unnamed")
     prefix = p.download if direction == "download" else p.upload
     return f"{prefix}.{name}", f"{p.status}.{name}.{direction}", f"{p.detail}.{name}.{direction}"
 
@@ -87,39 +95,52 @@ def result_lines(result: dict[str, Any], p: Prefixes) -> list[str]:
     where it was measured. Throughput is rounded to whole bits per second, as the original.
     """
     lines: list[str] = []
-    lock = result.get("lock") or {}
+    lock = result.get("lock") if isinstance(result.get("lock"), dict) else {}
     for direction in ("download", "upload"):
         measured = result.get(direction)
-        if not measured:
+        if not measured or not isinstance(measured, dict):
             continue
-        ts = measured["start"]
+        ts = _timestamp(measured, result)
         rate_path, status_path, detail_base = _paths(result, direction, p)
-        ok = measured.get("status") == "ok" and measured.get("bits_per_second") is not None
+        rate = finite(measured.get("bits_per_second"))
+        ok = measured.get("status") == "ok" and rate is not None and rate >= 0
         if ok and lock.get("expired"):
-            lines.append(line(f"{detail_base}.unverified_bits_per_second",
-                              round(measured["bits_per_second"]), ts))
+            lines.append(line(f"{detail_base}.unverified_bits_per_second", round(rate), ts))
             reason: str | None = Reason.LOCK_EXPIRED.value
         elif ok:
-            lines.append(line(rate_path, round(measured["bits_per_second"]), ts))
+            lines.append(line(rate_path, round(rate), ts))
             reason = None
+        elif measured.get("status") == "ok":
+            reason = Reason.PARSE_ERROR.value  # "ok" without a finite rate: no measurement
         else:
-            reason = measured.get("reason") or Reason.ERROR.value
+            reason = str(measured.get("reason") or Reason.ERROR.value)
         if ok:
             for field in DETAIL_FIELDS:
-                value = measured.get(field)
+                value = finite(measured.get(field))  # a non-finite side value is dropped
                 if value is not None:
                     lines.append(line(f"{detail_base}.{field}", value, ts))
         lines.append(line(status_path, status_code(reason), ts))
-    if "wait_s" in lock and result.get("node"):
-        lines.append(line(f"{p.scheduler}.lock_wait.{sanitize(result['node'])}",
-                          lock["wait_s"], result["start"]))
+    wait = finite(lock.get("wait_s"))
+    if wait is not None and result.get("node"):
+        lines.append(line(f"{p.scheduler}.lock_wait.{sanitize(result['node'])}", wait,
+                          _timestamp({}, result)))
     return lines
+
+
+def _timestamp(measured: dict[str, Any], result: dict[str, Any]) -> float:
+    """A direction's start time; the result's when the direction has none, and the time of
+    delivery as the last resort (a line with a wrong time beats a lost result)."""
+    for value in (measured.get("start"), result.get("start")):
+        number = finite(value)
+        if number is not None and number >= 0:
+            return number
+    return time.time()
 
 
 def prefixes_for(result: dict[str, Any], settings: Any) -> Prefixes:
     """This process's prefixes, with the throughput prefixes the measuring node stamped into the
     result taking precedence (the original's poller named its own series)."""
-    stamped = result.get("prefixes") or {}
+    stamped = result.get("prefixes") if isinstance(result.get("prefixes"), dict) else {}
 
     def pick(direction: str, own: str) -> str:
         value = stamped.get(direction)

@@ -163,7 +163,7 @@ def test_results_survive_a_30_second_carbon_outage_with_their_own_timestamps(clu
     finally:
         lab.carbon.start()
     for i, result in enumerate(results):
-        assert result["status"] == "ok"
+        assert result["status"] == "ok", result
         for direction in ("download", "upload"):
             [(value, ts)] = points(lab, f"bandwidth.{direction}.outage-{i}", wait_s=30)
             assert value == round(result[direction]["bits_per_second"])

@@ -28,6 +28,9 @@ def test_port_follows_the_tool():
     ({"target": "h", "port": True}, "port must be a whole number"),
     ({"target": "h", "directions": "sideways"}, "directions"),
     ({"target": "h", "protocol": "sctp"}, "protocol"),
+    # default visibility timeout 900 s: 2 x (500 + 10) s of test alone is beyond it
+    ({"target": "h", "length": 500}, "beyond CBANDWIDTH_VISIBILITY_TIMEOUT=900"),
+    ({"target": "h", "length": 3600, "directions": "download"}, "too long"),
 ])
 def test_bad_requests_are_refused_with_a_reason(options, words):
     with pytest.raises(BadRequest, match=None) as info:
@@ -66,3 +69,10 @@ def test_abandoned_result_has_no_rate():
     assert result["status"] == "failed"
     assert result["download"]["reason"] == "abandoned"
     assert "bits_per_second" not in result["download"]
+
+
+def test_the_longest_length_the_visibility_timeout_allows_is_accepted():
+    # 120 s lock wait + 2 x (length + 10 s margin) + 60 s < 900 s
+    assert parse_request({"target": "h", "length": 349}, SETTINGS).length_s == 349
+    with pytest.raises(BadRequest):
+        parse_request({"target": "h", "length": 350}, SETTINGS)

@@ -32,7 +32,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from workers.measurement import DirectionResult, Reason, TestSpec
+from workers.measurement import DirectionResult, Reason, TestSpec, finite
 from workers.runners.base import (
     ProcessOutcome,
     check_spec,
@@ -91,6 +91,18 @@ def parse(outcome: ProcessOutcome, spec: TestSpec) -> DirectionResult:
         # iperf2 carries on from another address; that is not the test that was asked for.
         return failure(outcome, outcome.stderr, Reason.ERROR)
 
+    try:
+        return _parse_reports(outcome, spec)
+    except _Unreadable as exc:
+        return failure(outcome, f"{outcome.stderr}\nunreadable iperf2 report: {exc}",
+                       Reason.PARSE_ERROR)
+
+
+class _Unreadable(ValueError):
+    """A report line whose numbers are not finite (inf, nan, a rate of 400 digits)."""
+
+
+def _parse_reports(outcome: ProcessOutcome, spec: TestSpec) -> DirectionResult:
     if _reads_server_report(spec):
         sender = _human_reports(outcome.stdout, server=False)
         receiver = _human_reports(outcome.stdout, server=True)
@@ -110,7 +122,7 @@ def parse(outcome: ProcessOutcome, spec: TestSpec) -> DirectionResult:
     if total is None:
         return failure(outcome, f"{outcome.stderr}\nonly {len(receiver)} of {spec.parallel} "
                                 f"streams reported", Reason.ERROR)
-    if total.bytes <= 0 or total.seconds <= 0:
+    if total.bytes <= 0 or total.seconds <= 0 or total.bits_per_second <= 0:
         return no_data_failure(outcome, BINARY)
 
     result = DirectionResult(status="ok", start=outcome.start, end=outcome.end,
@@ -180,13 +192,21 @@ def _csv_reports(stdout: str) -> list[_Report]:
                 lost, total = int(fields[10]), int(fields[11])
                 # A sender's own UDP line has total -1: it knows nothing about loss.
                 report = _Report(report.stream, report.seconds, report.bytes,
-                                 report.bits_per_second, jitter_ms=float(fields[9]),
+                                 report.bits_per_second, jitter_ms=finite(fields[9]),
                                  lost=lost if total >= 0 else None,
                                  total=total if total >= 0 else None)
         except ValueError:
             continue
-        reports.append(report)
+        reports.append(_checked(report, line))
     return reports
+
+
+def _checked(report: _Report, line: str) -> _Report:
+    """A report whose rate and duration are finite numbers; raises _Unreadable otherwise."""
+    if finite(report.bits_per_second) is None or finite(report.seconds) is None or \
+            report.bits_per_second < 0:
+        raise _Unreadable(repr(line.strip()[:200]))
+    return report
 
 
 # "[  1] 0.0000-1.0000 sec  224286720 Bytes  1794270434 bits/sec" (with -f b), followed for a
@@ -212,14 +232,14 @@ def _human_reports(stdout: str, *, server: bool) -> list[_Report]:
             continue
         if after_marker == server:
             ident = match["id"].lstrip("*")
-            reports.append(_Report(
+            reports.append(_checked(_Report(
                 stream=SUM_ID if ident == "SUM" else int(ident),
                 seconds=float(match["end"]) - float(match["begin"]),
                 bytes=int(match["bytes"]),
                 bits_per_second=float(match["bps"]),
-                jitter_ms=float(match["jitter"]) if match["jitter"] else None,
+                jitter_ms=finite(match["jitter"]) if match["jitter"] else None,
                 lost=int(match["lost"]) if match["lost"] else None,
                 total=int(match["total"]) if match["total"] else None,
-            ))
+            ), line))
         after_marker = False
     return reports

@@ -18,7 +18,7 @@ import re
 from typing import Any
 
 from workers.hosts import ip_version
-from workers.measurement import DirectionResult, Reason, TestSpec
+from workers.measurement import DirectionResult, Reason, TestSpec, finite
 from workers.runners.base import (
     ProcessOutcome,
     check_spec,
@@ -90,7 +90,7 @@ def parse(outcome: ProcessOutcome, spec: TestSpec) -> DirectionResult:
     if receiver_bps is None:
         return failure(outcome, f"iperf3 output has no end.sum_received rate, exit status "
                                 f"{outcome.returncode}\n{outcome.stderr}", Reason.PARSE_ERROR)
-    if not received.get("bytes") and not receiver_bps:
+    if not receiver_bps:  # nothing arrived (a rate of 0 is never a measurement)
         return no_data_failure(outcome, BINARY)
 
     cpu = _mapping(end.get("cpu_utilization_percent"))
@@ -149,10 +149,11 @@ def _mapping(value: Any) -> dict[str, Any]:
 
 
 def _number(value: Any) -> float | None:
-    """A JSON number as float; None for anything else (missing, null, text, true/false)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value)
+    """A finite, non-negative JSON number as float; None for anything else (missing, null,
+    text, true/false, negative, and Infinity / NaN / integers too large for a float, which
+    Python's json accepts). Every figure read here (rates, counts, percent) is >= 0."""
+    number = None if isinstance(value, str) else finite(value)
+    return number if number is not None and number >= 0 else None
 
 
 def _integer(value: Any) -> int | None:

@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from workers.hosts import ip_version
-from workers.measurement import DirectionResult, Reason, TestSpec
+from workers.measurement import DirectionResult, Reason, TestSpec, finite
 from workers.runners.base import (
     ProcessOutcome,
     check_spec,
@@ -148,13 +148,16 @@ def _row(outcome: ProcessOutcome, spec: TestSpec) -> dict[str, float] | Directio
     if scale is None:
         return failure(outcome, f"unexpected netperf throughput units in {lines[-1]!r}",
                        Reason.PARSE_ERROR)
-    try:
-        row = {name: float(value) for name, value in raw.items()}
-    except ValueError:
-        return failure(outcome, f"unreadable netperf output {lines[-1]!r}", Reason.PARSE_ERROR)
-    for name in row:
-        if name.endswith("_THROUGHPUT"):
-            row[name] *= scale
+    row = {}
+    for name, value in raw.items():
+        number = finite(value)
+        if name.endswith("_THROUGHPUT") and (number is None or number < 0):
+            # A rate that is not a finite number is no measurement (inf, nan, garbage).
+            return failure(outcome, f"unreadable netperf {name} in {lines[-1]!r}",
+                           Reason.PARSE_ERROR)
+        # Another column that is not a finite number: unknown, as netperf's own -1.
+        row[name] = -1.0 if number is None else number * (
+            scale if name.endswith("_THROUGHPUT") else 1)
     return row
 
 
