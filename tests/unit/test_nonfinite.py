@@ -137,3 +137,9 @@ def test_a_negative_start_never_makes_a_lock_wait_line_carbon_would_drop():
     # Found by the property test: {"lock": {"wait_s": 0.0}, "node": "0", "start": -1.0}.
     for entry in result_lines({"lock": {"wait_s": 0.0}, "node": "0", "start": -1.0}, P):
         assert checked_line(entry) == entry
+
+
+def test_iperf2_loss_of_a_mangled_count_is_dropped_not_a_crash():
+    # Found by the property test: a lost-datagram count of hundreds of digits overflowed float.
+    assert iperf2._percent(10 ** 400, 3) is None
+    assert iperf2._percent(1, 4) == 25.0

@@ -130,7 +130,7 @@ def _parse_reports(outcome: ProcessOutcome, spec: TestSpec) -> DirectionResult:
     if spec.protocol == "udp":
         result.jitter_ms = total.jitter_ms
         if total.total:
-            result.lost_percent = 100.0 * (total.lost or 0) / total.total
+            result.lost_percent = _percent(total.lost or 0, total.total)
         if not spec.reverse:
             sent = _total(sender, spec.parallel)
             result.sender_bits_per_second = sent.bits_per_second if sent else None
@@ -139,6 +139,15 @@ def _parse_reports(outcome: ProcessOutcome, spec: TestSpec) -> DirectionResult:
         result.sender_bits_per_second = total.bits_per_second
         result.extra["rate_side"] = "sender"
     return result
+
+
+def _percent(part: int, whole: int) -> float | None:
+    """100 · part / whole, or None where that is no finite float (counts of hundreds of digits
+    in mangled output overflow float arithmetic)."""
+    try:
+        return finite(100 * part / whole)
+    except OverflowError:
+        return None
 
 
 def run(spec: TestSpec) -> DirectionResult:
