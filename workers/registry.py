@@ -2,6 +2,13 @@
 
 An entry is `cbw:node:<name>` holding JSON (name, address, ports, tools, version, times); it
 expires after three heartbeat periods, so a node that stops heartbeating leaves by itself.
+
+The index `cbw:nodes` (a ZSET: name → the time its entry expires, by Redis's clock) lists the
+entries, so reading the registry costs two round trips in the number of registered nodes and
+never scans the keyspace (a SCAN's cost follows every key in the database: tests' ledgers,
+Celery's results, cycles). Each heartbeat drops the index's expired names; a reader ignores
+them. The score is the expiry, not the heartbeat, so nodes with different heartbeat periods
+share one index.
 """
 from __future__ import annotations
 
@@ -37,20 +44,44 @@ def node_info(settings: config.Settings, started: float) -> dict[str, Any]:
     }
 
 
+INDEX = key("nodes")
+"""ZSET: node name → unix time (Redis's clock) its entry expires."""
+
+_ANNOUNCE = """
+local now = redis.call('TIME')
+local t = tonumber(now[1]) + tonumber(now[2]) / 1e6
+redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+redis.call('ZADD', KEYS[2], t + tonumber(ARGV[3]), ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', t)
+"""
+
+_LIVE = """
+local now = redis.call('TIME')
+return redis.call('ZRANGEBYSCORE', KEYS[1], tonumber(now[1]) + tonumber(now[2]) / 1e6, '+inf')
+"""
+
+
 def announce(r: redis.Redis, info: dict[str, Any], ttl_s: int) -> None:
+    """Write (or refresh) the entry for `ttl_s` seconds and index it; drop expired names."""
     entry = dict(info, heartbeat=time.time())
-    r.set(key("node", info["name"]), json.dumps(entry), ex=ttl_s)
+    r.eval(_ANNOUNCE, 2, key("node", info["name"]), INDEX, info["name"], json.dumps(entry),
+           int(ttl_s))
 
 
 def withdraw(r: redis.Redis, name: str) -> None:
-    r.delete(key("node", name))
+    with r.pipeline() as pipe:
+        pipe.delete(key("node", name))
+        pipe.zrem(INDEX, name)
+        pipe.execute()
 
 
 def nodes(r: redis.Redis) -> list[dict[str, Any]]:
-    """Every live, well-formed entry, sorted by name. An entry that is not (no name, an
-    address that is none, a wrong shape, a name other than its key's) is skipped with a
-    warning, once per entry and problem: one bad entry never stops planning or a test."""
-    names = sorted(r.scan_iter(match=key("node", "*"), count=500))
+    """Every live, well-formed entry, sorted by name: the index's unexpired names, then their
+    entries (two round trips, whatever else the database holds). An entry that is not (no
+    name, an address that is none, a wrong shape, a name other than its key's) is skipped
+    with a warning, once per entry and problem: one bad entry never stops planning or a
+    test."""
+    names = [key("node", n) for n in sorted(r.eval(_LIVE, 1, INDEX))]
     found = []
     for name, raw in zip(names, r.mget(names) if names else []):
         if not raw:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 
 import pytest
 
@@ -32,10 +33,12 @@ BAD_ENTRIES = {
 
 
 def _write_bad(r):
-    for name, entry in BAD_ENTRIES.items():
-        r.set(name, json.dumps(entry), ex=600)
-    r.set("cbw:node:garbage", "{not json", ex=600)
-    r.set("cbw:node:list", "[1, 2]", ex=600)
+    """Bad entries as a broken or foreign writer would leave them: in the index too."""
+    raw = {name: json.dumps(entry) for name, entry in BAD_ENTRIES.items()}
+    raw.update({"cbw:node:garbage": "{not json", "cbw:node:list": "[1, 2]"})
+    for name, text in raw.items():
+        r.set(name, text, ex=600)
+        r.zadd(registry.INDEX, {name.removeprefix("cbw:node:"): time.time() + 600})
 
 
 def test_bad_entries_are_skipped_with_a_warning_and_planning_goes_on(env, caplog):

@@ -1,0 +1,65 @@
+"""State that scales with nodes, not with history (issue 10, item 1), against a real
+redis-server: reading the registry costs the same commands whatever else the database holds,
+a test's ledger is one hash that expires once redelivery cannot happen, a finished cycle
+leaves only its report's keys behind, and the flow table keeps registered nodes only."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.conftest import wait_until
+from tests.integration.inprocess import make_env, register
+from workers import registry
+
+
+@pytest.fixture
+def env(redis_server, monkeypatch):
+    made = make_env(redis_server, monkeypatch)
+    yield made
+    made.close()
+
+
+def _commands(r, call) -> dict[str, int]:
+    """The Redis commands (name → calls, scripts' own commands included) that `call` issued,
+    from the server's own INFO commandstats."""
+    r.config_resetstat()
+    call()
+    stats = r.info("commandstats")
+    return {name.removeprefix("cmdstat_"): value["calls"] for name, value in stats.items()
+            if name not in ("cmdstat_info", "cmdstat_config")}
+
+
+_FILL = """
+for i = 1, tonumber(ARGV[1]) do redis.call('SET', 'other:' .. i, 'x') end
+"""
+
+
+@pytest.mark.timeout(120)
+def test_reading_the_registry_issues_the_same_commands_beside_200k_other_keys(env):
+    register(env.redis, *(f"n{i}" for i in range(50)))
+    before = _commands(env.redis, lambda: registry.nodes(env.redis))
+    env.redis.eval(_FILL, 0, 200_000)
+    assert env.redis.dbsize() > 200_000
+    found = []
+    after = _commands(env.redis, lambda: found.extend(registry.nodes(env.redis)))
+    assert len(found) == 50
+    assert after == before and sum(after.values()) <= 5, after
+    assert "scan" not in after and "keys" not in after
+    by_address = _commands(env.redis, lambda: registry.find_by_address(env.redis, "198.18.0.7"))
+    assert by_address == before
+
+
+def test_an_expired_or_withdrawn_node_leaves_the_index(env):
+    register(env.redis, "a", "b")
+    register(env.redis, "gone", ttl_s=1)
+    assert [n["name"] for n in registry.nodes(env.redis)] == ["a", "b", "gone"]
+    wait_until(lambda: env.redis.get("cbw:node:gone") is None, 5, interval=0.1,
+               what="the short entry to expire")
+    assert [n["name"] for n in registry.nodes(env.redis)] == ["a", "b"]
+    register(env.redis, "a")  # a heartbeat drops the index's expired names
+    assert sorted(env.redis.zrange(registry.INDEX, 0, -1)) == ["a", "b"]
+    registry.withdraw(env.redis, "b")
+    assert env.redis.zrange(registry.INDEX, 0, -1) == ["a"]
+    assert env.redis.get("cbw:node:b") is None
+    assert [n["name"] for n in registry.nodes(env.redis)] == ["a"]
