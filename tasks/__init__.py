@@ -17,7 +17,8 @@ from celery.exceptions import Retry
 from beat import cycles
 from workers import app, config, health, jobs, ledger, locks, metrics, registry, runners, store
 from workers.carbon import CarbonUnavailable
-from workers.defaults import LOCK_SLACK, RESULTS_QUEUE
+from workers.defaults import (HAND_OVER_BACKOFF_CAP, HAND_OVER_RETRIES, LOCK_BACKOFF_CAP,
+                              LOCK_SLACK, RESULTS_QUEUE)
 from workers.measurement import Reason
 from workers.publisher import carbon_client
 
@@ -107,14 +108,9 @@ def _hand_over(task, redis, request: jobs.Request, task_id: str, result: dict[st
             log.error("test %s: hand-over failed %d times, giving up: %s", task_id, tries + 1,
                       exc)
             raise
-        countdown = min(2 ** tries, 30)
+        countdown = min(2 ** tries, HAND_OVER_BACKOFF_CAP)
         log.error("test %s: hand-over failed (%s); retried in %s s", task_id, exc, countdown)
         raise task.retry(countdown=countdown, max_retries=None, exc=exc)
-
-
-HAND_OVER_RETRIES = 8
-"""Retries of a measured test whose result could not be published or whose cycle could not be
-advanced (Redis away); each retry takes the handed-over path and does not measure again."""
 
 
 def _publish(redis, task_id: str, result: dict[str, Any]) -> None:
@@ -137,7 +133,7 @@ def _measure_exclusively(task, request, settings, redis, task_id, attempt) -> di
         tries = task.request.retries
         if tries < settings.lock_retries:
             ledger.end_attempt(redis, task_id)  # a clean end, not a worker death
-            countdown = random.uniform(0.5, 1.5) * min(5 * 2 ** tries, 60)
+            countdown = random.uniform(0.5, 1.5) * min(5 * 2 ** tries, LOCK_BACKOFF_CAP)
             log.info("resources %s busy for %s s; requeued in %.1f s", list(resources.names),
                      settings.lock_wait_s, countdown)
             raise task.retry(countdown=countdown, max_retries=settings.lock_retries)

@@ -102,3 +102,22 @@ SCHEDULER_PREFIX = "bandwidth.scheduler"
 SERVER_IDLE_TIMEOUT = 30
 """Seconds an agent-run iperf3 server may sit in a stuck state before iperf3 restarts itself
 (--idle-timeout; CBANDWIDTH_SERVER_IDLE_TIMEOUT)."""
+
+LOCK_BACKOFF_CAP = 60
+"""Longest pause in seconds before a test whose resources stayed busy is requeued, before
+jitter (× 0.5 to 1.5): 5 s doubling per requeue, up to this."""
+
+LOCK_BACKOFF_MAX = 1.5 * LOCK_BACKOFF_CAP
+"""Longest such pause with its jitter."""
+
+HAND_OVER_RETRIES = 8
+"""Retries of a measured test whose result could not be published or whose cycle could not be
+advanced (Redis away); each retry takes the handed-over path and does not measure again."""
+
+HAND_OVER_BACKOFF_CAP = 30
+"""Longest pause in seconds between two hand-over retries (1 s doubling, up to this)."""
+
+HAND_OVER_BACKOFF_TOTAL = sum(min(2 ** n, HAND_OVER_BACKOFF_CAP)
+                              for n in range(HAND_OVER_RETRIES))
+"""Seconds all hand-over retries can wait in total (121 s): part of the ledger's TTL
+(workers.ledger.ttl_s)."""

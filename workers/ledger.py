@@ -1,12 +1,15 @@
-"""Per-task bookkeeping in Redis that Celery does not do for us.
+"""Per-task bookkeeping in Redis that Celery does not do for us: one hash per task,
+`cbw:task:<task id>`, with these fields.
 
 - attempts: how often a test was started. A worker that dies mid-test gets its message back
   (acks_late + reject_on_worker_lost), and Celery would run it again without limit.
-- handed over: a test whose result was recorded is not measured again when its message comes
+- handed-over: a test whose result was recorded is not measured again when its message comes
   back (the worker died between hand-over and ack, or the hand-over failed and was retried),
   so Graphite never gets two different values for one test.
 - published: the recorded result reached the results queue; a redelivery publishes it only
   when that never happened.
+
+The hash lives `ttl_s(settings)` from its last write, then it is of no use: see there.
 """
 from __future__ import annotations
 
@@ -15,41 +18,74 @@ from typing import Any
 
 import redis
 
+from workers import config
+from workers.defaults import HAND_OVER_BACKOFF_TOTAL, LOCK_BACKOFF_MAX
 from workers.store import key
 
-TTL_S = 2 * 86400
-"""Seconds the bookkeeping of one task is kept: longer than any redelivery can take."""
+
+def ttl_s(settings: config.Settings) -> int:
+    """Seconds a task's hash is kept after its last write: the longest time its message can
+    still come back (and read it) while a worker consumes its queue.
+
+        (max_attempts + 1) × visibility_timeout
+        + lock_retries × (lock_wait + LOCK_BACKOFF_MAX)
+        + HAND_OVER_BACKOFF_TOTAL
+
+    A message comes back at the latest one visibility timeout after it was fetched (a worker
+    died; every test is validated to end within that timeout); it may be started
+    max_attempts + 1 times (the last one gives it up), wait for its locks and back off
+    lock_retries times, and retry its hand-over with backoff. Every write refreshes the TTL,
+    so this bounds the gap between two writes with a wide margin. Defaults: 4 × 900 +
+    3 × (120 + 90) + 121 = 4351 s, about 73 minutes (it was two days). A message that waits
+    longer in the queue of a node that is down is still safe: a cycle job is stopped by its
+    cycle's state (beat.cycles.job_state); an ad-hoc test is measured afresh, a new sample
+    at a new time."""
+    return int((settings.max_attempts + 1) * settings.visibility_timeout_s
+            + settings.lock_retries * (settings.lock_wait_s + LOCK_BACKOFF_MAX)
+            + HAND_OVER_BACKOFF_TOTAL)
+
+
+def _name(task_id: str) -> str:
+    return key("task", task_id)
+
+
+def _write(r: redis.Redis, task_id: str, **fields: Any) -> list[Any]:
+    """HINCRBY for int values, HSET for the others, and the TTL refreshed, in one trip."""
+    name = _name(task_id)
+    with r.pipeline() as pipe:
+        for field, value in fields.items():
+            if isinstance(value, int):
+                pipe.hincrby(name, field, value)
+            else:
+                pipe.hset(name, field, value)
+        pipe.expire(name, ttl_s(config.get()))
+        return pipe.execute()
 
 
 def start_attempt(r: redis.Redis, task_id: str) -> int:
     """Count one more start of task_id; returns the attempt number (1 for the first)."""
-    name = key("attempts", task_id)
-    with r.pipeline() as pipe:
-        pipe.incr(name)
-        pipe.expire(name, TTL_S)
-        attempt, _ = pipe.execute()
-    return int(attempt)
+    return int(_write(r, task_id, attempts=1)[0])
 
 
 def end_attempt(r: redis.Redis, task_id: str) -> None:
     """The attempt ended cleanly without a result (it was requeued): it does not count."""
-    r.decr(key("attempts", task_id))
+    _write(r, task_id, attempts=-1)
 
 
 def handed_over(r: redis.Redis, task_id: str) -> dict[str, Any] | None:
     """The result already handed to the result handler for task_id, if any."""
-    raw = r.get(key("handed-over", task_id))
+    raw = r.hget(_name(task_id), "handed-over")
     return json.loads(raw) if raw else None
 
 
 def mark_handed_over(r: redis.Redis, task_id: str, result: dict[str, Any]) -> None:
-    r.set(key("handed-over", task_id), json.dumps(result), ex=TTL_S)
+    _write(r, task_id, **{"handed-over": json.dumps(result)})
 
 
 def mark_published(r: redis.Redis, task_id: str) -> None:
     """The result of task_id reached the broker's results queue."""
-    r.set(key("published", task_id), 1, ex=TTL_S)
+    _write(r, task_id, published="1")
 
 
 def published(r: redis.Redis, task_id: str) -> bool:
-    return bool(r.exists(key("published", task_id)))
+    return bool(r.hexists(_name(task_id), "published"))

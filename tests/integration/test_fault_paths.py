@@ -247,6 +247,6 @@ def test_publish_lines_writes_only_under_the_scheduler_prefix(env, caplog):
 
 
 def test_a_redis_error_before_the_test_ran_is_a_failed_result_that_advances(env, monkeypatch):
-    env.redis.hset("cbw:attempts:t-early", "x", 1)  # INCR now answers WRONGTYPE
+    env.redis.hset("cbw:task:t-early", "attempts", "x")  # HINCRBY now answers an error
     monkeypatch.setattr(tasks.runners, "run", pytest.fail)
-    _assert_failed_as_error_and_advanced(env, "t-early", "WRONGTYPE")
+    _assert_failed_as_error_and_advanced(env, "t-early", "not an integer")

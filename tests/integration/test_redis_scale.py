@@ -63,3 +63,25 @@ def test_an_expired_or_withdrawn_node_leaves_the_index(env):
     assert env.redis.zrange(registry.INDEX, 0, -1) == ["a"]
     assert env.redis.get("cbw:node:b") is None
     assert [n["name"] for n in registry.nodes(env.redis)] == ["a"]
+
+
+def test_a_tests_ledger_is_one_hash_that_expires_once_redelivery_cannot_happen(env):
+    from workers import ledger
+
+    assert ledger.start_attempt(env.redis, "t1") == 1
+    assert ledger.start_attempt(env.redis, "t1") == 2
+    ledger.end_attempt(env.redis, "t1")
+    ledger.mark_handed_over(env.redis, "t1", {"status": "ok", "node": "h1"})
+    assert not ledger.published(env.redis, "t1")
+    ledger.mark_published(env.redis, "t1")
+    assert ledger.published(env.redis, "t1")
+    assert ledger.handed_over(env.redis, "t1") == {"status": "ok", "node": "h1"}
+    assert env.redis.keys("*") == ["cbw:task:t1"]
+    assert env.redis.hget("cbw:task:t1", "attempts") == "1"
+    # (max attempts + 1) visibility timeouts, the lock requeues and the hand-over retries.
+    settings = env.settings
+    expected = ((settings.max_attempts + 1) * settings.visibility_timeout_s
+                + settings.lock_retries * (settings.lock_wait_s + 90) + 121)
+    assert ledger.ttl_s(settings) == expected
+    assert expected - 5 <= env.redis.ttl("cbw:task:t1") <= expected
+    assert env.redis.ttl("cbw:task:t1") < 2 * 3600  # was two days
