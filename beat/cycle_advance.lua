@@ -52,6 +52,10 @@ if successors then
 end
 if redis.call('DECR', KEYS[4]) <= 0 then
   result[1] = 1
+  -- Finished: the plan's bookkeeping goes now. The jobs hash (the report reads this cycle's
+  -- pairs from it), stats and meta stay until the report is sent (beat.cycles.forget). A
+  -- late advance finds `remaining` gone and changes nothing ({-2} above).
+  redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[6], KEYS[8], KEYS[9])
   if redis.call('GET', KEYS[5]) == ARGV[2] then
     redis.call('DEL', KEYS[5])
   end

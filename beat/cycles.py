@@ -9,10 +9,11 @@ are stored with their dependencies (a job waits for the previous job of each of 
 and `begin` returns the jobs that wait for nothing. Each finished job calls `advance` (a Lua
 script: count, release successors, end the cycle), whose ready jobs the finishing worker sends
 at once (`send` notes them as sent): the next round starts when the previous round's tests
-finish, pair by pair, not on a timer. The guard and all cycle keys have a TTL, so jobs that
-never report (a node that vanished) cannot block monitoring for longer; beat's watch ends such
-a cycle just before (`end_overdue`) so it is reported, and sends jobs released but never sent
-(`unsent`).
+finish, pair by pair, not on a timer. A cycle that ends deletes its bookkeeping at once and
+the rest once its report is sent (`forget`), so Redis holds the running cycle, not the
+history. The guard and all cycle keys have a TTL, so jobs that never report (a node that
+vanished) cannot block monitoring for longer; beat's watch ends such a cycle just before
+(`end_overdue`) so it is reported, and sends jobs released but never sent (`unsent`).
 """
 from __future__ import annotations
 
@@ -134,10 +135,12 @@ if left <= 0 then return 0 end
 redis.call('HINCRBY', KEYS[2], 'outcome:failed:' .. ARGV[2], left)
 local ttl = redis.call('PTTL', KEYS[1])
 if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
-redis.call('SET', KEYS[1], 0, 'KEEPTTL')
+redis.call('DEL', KEYS[1], unpack(KEYS, 4))
 if redis.call('GET', KEYS[3]) == ARGV[1] then redis.call('DEL', KEYS[3]) end
 return left
 """
+_BOOKKEEPING = ("deps", "succ", "done", "dispatched", "sent")
+"""What a finished cycle no longer needs: deleted when it ends (with `remaining`)."""
 
 
 def end_overdue(r: redis.Redis, cycle_id: str, within_ms: int,
@@ -148,8 +151,15 @@ def end_overdue(r: redis.Redis, cycle_id: str, within_ms: int,
     ttl = r.pttl(cycle_key(cycle_id, "jobs"))
     if ttl < 0 or ttl > within_ms:
         return 0
-    return int(r.eval(_END, 3, cycle_key(cycle_id, "remaining"), cycle_key(cycle_id, "stats"),
-                      GUARD, cycle_id, reason))
+    keys = [cycle_key(cycle_id, "remaining"), cycle_key(cycle_id, "stats"), GUARD] + [
+        cycle_key(cycle_id, part) for part in _BOOKKEEPING]
+    return int(r.eval(_END, len(keys), *keys, cycle_id, reason))
+
+
+def forget(r: redis.Redis, cycle_id: str) -> None:
+    """The cycle's report was sent: delete what is left of it (its jobs, meta and stats; the
+    rest went when it ended). A job of it arriving later finds it gone and is not run."""
+    r.delete(*(cycle_key(cycle_id, part) for part in _PARTS))
 
 
 def unsent(r: redis.Redis, cycle_id: str) -> list[dict[str, Any]]:

@@ -258,7 +258,10 @@ def publish_lines(self, lines: list[str]) -> int:
 @app.task(name="tasks.report_cycle", bind=True, max_retries=None)
 def report_cycle(self, cycle_id: str) -> int:
     """A cycle finished: write its health (duration, coverage, failures, busy fractions, the
-    age of each pair's newest good sample)."""
+    age of each pair's newest good sample), then delete the cycle's last keys."""
     settings = config.get()
-    lines = health.cycle_lines(store.client(), cycle_id, settings)
-    return _deliver(self, lines, f"report of cycle {cycle_id}")
+    redis = store.client()
+    lines = health.cycle_lines(redis, cycle_id, settings)
+    sent = _deliver(self, lines, f"report of cycle {cycle_id}")
+    cycles.forget(redis, cycle_id)  # a retry (carbon away) recomputes it: kept until sent
+    return sent

@@ -85,3 +85,47 @@ def test_a_tests_ledger_is_one_hash_that_expires_once_redelivery_cannot_happen(e
     assert ledger.ttl_s(settings) == expected
     assert expected - 5 <= env.redis.ttl("cbw:task:t1") <= expected
     assert env.redis.ttl("cbw:task:t1") < 2 * 3600  # was two days
+
+
+def test_a_finished_and_reported_cycle_leaves_no_keys_and_a_late_job_changes_nothing(env):
+    from beat import cycles
+    from beat.plan import Job
+    import tasks
+
+    def cycle_keys():
+        return sorted(env.redis.scan_iter("cbw:cycle:*"))
+
+    register(env.redis, *(f"n{i}" for i in range(20)))
+    baseline = cycle_keys()
+    jobs = [Job(f"j{i}", f"node.n{i}", {"target": f"198.18.0.{i + 2}", "peer": f"n{i + 1}"},
+                (f"j{i - 1}",) if i else ()) for i in range(19)]
+    assert cycles.begin(env.redis, "c1", jobs, 600, meta={"strategy": "sampled"})[0] is None
+    for job in jobs:
+        finished, _ = cycles.advance(env.redis, "c1", job.id, "ok", [(job.queue[5:], 1.0)])
+    assert finished
+    # Ended: only what the report reads is left (this cycle's pairs, its meta and stats).
+    assert cycle_keys() == sorted(baseline + [f"cbw:cycle:c1:{part}"
+                                              for part in ("jobs", "meta", "stats")])
+    outcome = tasks.report_cycle.apply(args=["c1"])
+    assert outcome.successful(), outcome.traceback
+    assert outcome.get() > 0
+    wait_until(lambda: any(".sampled.coverage 1" in x for x in env.carbon.lines), 5,
+               what="the report at carbon")
+    assert cycle_keys() == baseline and len(baseline) <= 4
+    # A late or duplicate job of the reported cycle: refused, nothing recreated.
+    assert cycles.advance(env.redis, "c1", "j3", "ok", [("n3", 1.0)]) == (False, [])
+    assert cycles.job_state(env.redis, "c1", "j3") == "gone"
+    assert cycle_keys() == baseline
+
+
+def test_a_cycle_ended_by_the_watchdog_keeps_only_what_its_report_reads(env):
+    from beat import cycles
+    from beat.plan import Job
+
+    jobs = [Job("j1", "node.a", {"target": "198.18.0.2"}, ()),
+            Job("j2", "node.a", {"target": "198.18.0.3"}, ("j1",))]
+    cycles.begin(env.redis, "c1", jobs, 600, meta={"strategy": "mesh"})
+    assert cycles.end_overdue(env.redis, "c1", 10**9) == 2
+    assert sorted(env.redis.scan_iter("cbw:cycle:*")) == [
+        f"cbw:cycle:c1:{part}" for part in ("jobs", "meta", "stats")]
+    assert cycles.advance(env.redis, "c1", "j1", "ok") == (False, [])
