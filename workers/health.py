@@ -2,17 +2,20 @@
 
 Per cycle (written when its last job finishes): duration, planned / measured / coverage,
 failed and skipped tests by reason, each node's busy fraction; and for mesh and sampled
-pairs, the age of each flow's newest good sample. Lock wait per test comes with each result
+pairs, the age of each planned flow's newest good sample and the oldest over the registered
+nodes (flows of departed nodes are dropped). Lock wait per test comes with each result
 (workers.metrics); cycle overlaps are sent by beat.
 """
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
 import redis
 
 from beat import cycles
+from workers import registry
 from workers.metrics import FLOW_MODES, line, sanitize
 from workers.store import key
 
@@ -67,13 +70,41 @@ def cycle_lines(r: redis.Redis, cycle_id: str, settings: Any, now: float | None 
             lines.append(line(f"{base}.busy_fraction.{node}",
                               round(min(float(seconds) / duration, 1.0), 4), ts))
     if meta.get("strategy") in FLOW_MODES:
-        ages = []
-        for flow, newest in sorted(r.hgetall(NEWEST).items()):
-            src, dst = flow.split(" ", 1)
-            age = max(0.0, now - float(newest))
-            ages.append(age)
-            lines.append(line(f"{base}.sample_age_s.{sanitize(src)}.{sanitize(dst)}",
-                              round(age, 1), ts))
-        if ages:
-            lines.append(line(f"{base}.sample_age_s_max", round(max(ages), 1), ts))
+        lines += _sample_age_lines(r, cycle_id, base, now)
     return lines
+
+
+def _sample_age_lines(r: redis.Redis, cycle_id: str, base: str, now: float) -> list[str]:
+    """The age of each flow this cycle planned, and the oldest of all registered nodes'
+    flows. Flows of nodes that left the registry are dropped from the table first, so the
+    maximum is over the cluster as it is, and the lines grow with this cycle's pairs, not
+    with every pair ever measured."""
+    registered = {node["name"] for node in registry.nodes(r)}
+    newest = r.hgetall(NEWEST)
+    departed = [flow for flow in newest if not registered.issuperset(flow.split(" ", 1))]
+    for start in range(0, len(departed), 10_000):
+        r.hdel(NEWEST, *departed[start:start + 10_000])
+    for flow in departed:
+        del newest[flow]
+    lines = []
+    for src, dst in sorted(_planned_flows(r, cycle_id)):
+        if f"{src} {dst}" in newest:
+            age = max(0.0, now - float(newest[f"{src} {dst}"]))
+            lines.append(line(f"{base}.sample_age_s.{sanitize(src)}.{sanitize(dst)}",
+                              round(age, 1), now))
+    if newest:
+        oldest = min(float(t) for t in newest.values())
+        lines.append(line(f"{base}.sample_age_s_max", round(max(0.0, now - oldest), 1), now))
+    return lines
+
+
+def _planned_flows(r: redis.Redis, cycle_id: str) -> set[tuple[str, str]]:
+    """Both directions of every node pair the cycle's jobs test (read in batches)."""
+    found = set()
+    for _, raw in r.hscan_iter(cycles.cycle_key(cycle_id, "jobs"), count=1000):
+        job = json.loads(raw)
+        peer = job.get("kwargs", {}).get("peer")
+        if peer and job.get("queue", "").startswith("node."):
+            node = job["queue"][len("node."):]
+            found.update({(node, peer), (peer, node)})
+    return found
