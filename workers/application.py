@@ -10,9 +10,9 @@ app = Celery("cloud-bandwidth")
 app.config_from_object("workers.celeryconfig")
 
 # Node-agent parts: the registry heartbeat (a consumer bootstep) and the test servers; and the
-# liveness file container health checks read (workers.healthcheck; only with
+# liveness file container health checks read (workers.liveness; only with
 # CBANDWIDTH_HEALTH_FILE set).
-from workers import agent, healthcheck  # noqa: E402
+from workers import agent, liveness  # noqa: E402
 
 agent.install(app)
-healthcheck.install(app)
+liveness.install(app)

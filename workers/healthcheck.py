@@ -6,8 +6,8 @@
   two heartbeat intervals old. The heartbeat is written from the worker's own event loop
   (workers.agent), so a fresh one means the loop runs and Redis takes writes.
 - ``results`` / ``beat``: the process's liveness file (``CBANDWIDTH_HEALTH_FILE``) was touched
-  at most two heartbeat intervals ago — by the worker's event loop (:class:`LivenessFile`) or
-  by beat's scheduler tick (:func:`touch`) — and Redis answers PING.
+  at most two heartbeat intervals ago — by the worker's event loop or by beat's scheduler
+  tick (workers.liveness) — and Redis answers PING.
 
 Exit status 0 healthy, 1 unhealthy (Docker reserves 2), with one line saying why; Docker
 shows it in ``docker inspect``. Nothing is written unless ``CBANDWIDTH_HEALTH_FILE`` is set
@@ -16,66 +16,16 @@ shows it in ``docker inspect``. Nothing is written unless ``CBANDWIDTH_HEALTH_FI
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 import time
-from pathlib import Path
-
-from celery import bootsteps
 
 from workers import config
-
-log = logging.getLogger(__name__)
 
 ROLES = ("agent", "results", "beat")
 STALE_AFTER_INTERVALS = 2
 """A heartbeat or liveness file older than this many heartbeat intervals is unhealthy: one
 missed beat is tolerated (a slow Redis, a long GC), two are not."""
-
-
-def touch(settings: config.Settings) -> None:
-    """Mark this process alive now (no-op without CBANDWIDTH_HEALTH_FILE). A file that cannot
-    be written is logged, never raised: the health check then reports it stale."""
-    if not settings.health_file:
-        return
-    try:
-        Path(settings.health_file).touch()
-        now = time.time()
-        os.utime(settings.health_file, (now, now))
-    except OSError as exc:
-        log.warning("cannot touch the liveness file %s: %s", settings.health_file, exc)
-
-
-class LivenessFile(bootsteps.StartStopStep):
-    """Touches the liveness file from the consumer's timer, i.e. the worker's own event loop:
-    a worker whose loop hangs stops touching it."""
-
-    requires = {"celery.worker.consumer.tasks:Tasks"}
-
-    def __init__(self, parent, **kwargs):
-        super().__init__(parent, **kwargs)
-        self.timer_entry = None
-
-    def start(self, c):
-        settings = config.get()
-        if not settings.health_file:
-            return
-        touch(settings)
-        self.timer_entry = c.timer.call_repeatedly(settings.heartbeat_interval_s, touch,
-                                                   (settings,), priority=10)
-
-    def stop(self, c):
-        if self.timer_entry is not None:
-            self.timer_entry.cancel()
-            self.timer_entry = None
-
-
-def install(app) -> None:
-    app.steps["consumer"].add(LivenessFile)
-
-
-# --- the checks ----------------------------------------------------------------------------
 
 
 def judge_heartbeat(entry: str | None, name: str, now: float, interval_s: int) -> str | None:

@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from workers import config, healthcheck
+from workers import config, healthcheck, liveness
 from workers.config import ConfigError, load
 from workers.hosts import own_address
 
@@ -88,10 +88,10 @@ def test_liveness_file_rules():
 
 def test_touch_writes_the_file_only_when_configured_and_never_raises(tmp_path):
     settings = config.Settings(node_name="n", health_file=str(tmp_path / "alive"))
-    healthcheck.touch(settings)
+    liveness.touch(settings)
     assert (tmp_path / "alive").exists()
-    healthcheck.touch(config.Settings(node_name="n"))  # not configured: nothing, no error
-    healthcheck.touch(config.Settings(node_name="n", health_file=str(tmp_path / "no/such/x")))
+    liveness.touch(config.Settings(node_name="n"))  # not configured: nothing, no error
+    liveness.touch(config.Settings(node_name="n", health_file=str(tmp_path / "no/such/x")))
 
 
 def test_usage_errors_exit_1(capsys):
