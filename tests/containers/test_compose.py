@@ -94,6 +94,15 @@ def test_compose_up_measures_every_pair_of_scaled_agents_and_down_leaves_nothing
                     svc.wait_healthy([cid], timeout=120)
             assert len(compose.containers("agent")) == AGENTS
 
+            # The project's containers run as uid 10001, unprivileged, read-only, no caps.
+            for service in ("beat", "results", "agent"):
+                info = svc.inspect(compose.containers(service)[0])
+                host = info["HostConfig"]
+                assert host["ReadonlyRootfs"] and not host["Privileged"], service
+                assert not info["EffectiveCaps"], (service, info["EffectiveCaps"])
+                uid = compose("exec", "-T", service, "id", "-u", timeout=60).stdout.strip()
+                assert uid == "10001", (service, uid)
+
             # The agents registered under distinct names, each with its own container address
             # in the compose network's subnet; `cloud-bandwidth nodes` lists all three.
             agents = wait_until(lambda: (lambda rows: rows if len(rows) == AGENTS else None)(
