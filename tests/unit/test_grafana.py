@@ -152,3 +152,25 @@ def test_alert_rules_carry_the_thresholds_from_one_place():
         [query] = [q for q in rule["data"] if q["datasourceUid"] == DATASOURCE_UID]
         assert query["relativeTimeRange"] == {"from": thresholds.ALERT_LOOKBACK_S, "to": 0}
         assert {"folderUID", "ruleGroup", "orgID"}.isdisjoint(rule)  # API-only fields
+
+
+def test_every_shipped_target_is_found_with_its_variables():
+    from grafana import targets
+
+    queries = list(targets.dashboard_queries())
+    panels = sum(len(d["panels"]) for d in _dashboards().values())
+    assert len(queries) >= panels  # every panel has at least one target
+    assert {q.from_ for q in queries} == {"-3h"}
+    used = set().union(*(targets.variable_names(q.target) for q in queries))
+    assert used == {"source", "destination", "poll_length"}
+    alerts = list(targets.alert_queries())
+    assert [q.from_ for q in alerts] == [f"-{thresholds.ALERT_LOOKBACK_S}s"] * 3
+
+
+def test_expand_interpolates_like_grafana_and_refuses_an_unknown_variable():
+    from grafana import targets
+
+    values = {"source": "h1", "destination": "h2"}
+    assert targets.expand("a.$source.${destination}.[[source]]", values) == "a.h1.h2.h1"
+    with pytest.raises(KeyError, match=r"\$nope"):
+        targets.expand("a.$nope", values)
