@@ -29,12 +29,21 @@ from workers.measurement import STATUS_CODES
 TAGS = ["cloud-bandwidth"]
 M = depth(MESH)  # node index of <src> in bandwidth.mesh.<src>.<dst>
 
+
+def _merged_by(target: str, how: str) -> str:
+    """`target` whose points, when Grafana asks for fewer than are stored (maxDataPoints), are
+    merged by `how` instead of averaged: a failure's status code, the stalest sample, the worst
+    coverage and the count of failures must survive zooming out."""
+    return f"consolidateBy({target}, '{how}')"
+
+
 #: Median-relative share of every flow, paired per (src, dst) by asPercent's node arguments.
 SHARE_OF_MEDIAN = (f"aliasByNode(asPercent({MESH}.*.*, movingMedian({MESH}.*.*, "
                    f"'{th.MEDIAN_WINDOW}', 0), {M}, {M + 1}), {M}, {M + 1})")
-SAMPLE_AGE_PER_FLOW = f"aliasByNode({SCHEDULER}.sample_age_s.*.*, {depth(SCHEDULER) + 1}, " \
-                      f"{depth(SCHEDULER) + 2})"
-COVERAGE = f"aliasByNode({SCHEDULER}.cycle.*.coverage, {depth(SCHEDULER) + 1})"
+SAMPLE_AGE_PER_FLOW = f"aliasByNode({_merged_by(f'{SCHEDULER}.sample_age_s.*.*', 'max')}, " \
+                      f"{depth(SCHEDULER) + 1}, {depth(SCHEDULER) + 2})"
+COVERAGE = f"aliasByNode({_merged_by(f'{SCHEDULER}.cycle.*.coverage', 'min')}, " \
+           f"{depth(SCHEDULER) + 1})"
 
 _REASONS = {code: (reason.value if reason else "measured") for reason, code in
             STATUS_CODES.items()}
@@ -104,8 +113,9 @@ def _dashboard(uid: str, title: str, description: str) -> dash_b.Dashboard:
     return (dash_b.Dashboard(title).uid(uid).description(description).tags(TAGS)
             .editable().tooltip(dashboard.DashboardCursorSync.CROSSHAIR)
             .time("now-3h", "now").timezone("browser").refresh("1m")
-            .link(dash_b.DashboardLink("cloud-bandwidth").type(dashboard.DashboardLinkType.DASHBOARDS)
-                  .tags(TAGS).as_dropdown(True).keep_time(True).include_vars(False)))
+            .link(dash_b.DashboardLink("cloud-bandwidth")
+                  .type(dashboard.DashboardLinkType.DASHBOARDS).tags(TAGS).as_dropdown(True)
+                  .keep_time(True).include_vars(False)))
 
 
 def _numbered(builder: dash_b.Dashboard) -> dashboard.Dashboard:
@@ -173,7 +183,7 @@ def mesh_overview() -> dashboard.Dashboard:
         .description("The stalest flow: seconds since its newest good sample.")
         .thresholds(_steps((None, "green"), (th.MAX_SAMPLE_AGE_S, "red")))
         .color_mode(common.BigValueColorMode.BACKGROUND).reduce_options(_last()),
-        f"{SCHEDULER}.sample_age_s_max")
+        _merged_by(f"{SCHEDULER}.sample_age_s_max", "max"))
     flows = _targets(
         stat.Panel().title("Flows with data").unit("none").span(6).height(4)
         .description("Ordered (source, destination) flows with a sample in the time range.")
@@ -186,7 +196,7 @@ def mesh_overview() -> dashboard.Dashboard:
         .thresholds(_steps((None, "green"), (1, "orange")))
         .color_mode(common.BigValueColorMode.BACKGROUND)
         .reduce_options(common_b.ReduceDataOptions().calcs(["sum"]).values(False)),
-        f"sumSeries({SCHEDULER}.cycle.*.{{failed,skipped}}.*)")
+        _merged_by(f"sumSeries({SCHEDULER}.cycle.*.{{failed,skipped}}.*)", "sum"))
     builder = _dashboard("cbw-mesh-overview", "Bandwidth mesh overview",
                          "Every node measures every other: the latest rate of each ordered "
                          "flow, the slowest, and each flow against its own recent median.")
@@ -219,8 +229,8 @@ def pair_detail() -> dashboard.Dashboard:
         _targets(_status_timeline("Status: why a test failed", 5,
                                   "0 is a good measurement; any other code names the reason "
                                   "(README, Metrics). A failed test writes this and no rate."),
-                 f"alias({STATUS}.mesh.{src}.{dst}, '{src} → {dst}')",
-                 f"alias({STATUS}.mesh.{dst}.{src}, '{dst} → {src}')"),
+                 f"alias({_merged_by(f'{STATUS}.mesh.{src}.{dst}', 'max')}, '{src} → {dst}')",
+                 f"alias({_merged_by(f'{STATUS}.mesh.{dst}.{src}', 'max')}, '{dst} → {src}')"),
         _series("TCP retransmits", "short",
                 f"alias({detail}.{src}.{dst}.retransmits, '{src} → {dst}')",
                 f"alias({detail}.{dst}.{src}.retransmits, '{dst} → {src}')", bars=True),
@@ -270,9 +280,11 @@ def scheduler_health() -> dashboard.Dashboard:
                                      description="Below the red band the alert rule fires."),
                              _steps((None, "red"), (th.MIN_COVERAGE, "transparent"))),
         _series("Failed and skipped tests by reason", "short",
-                f"aliasByNode({sch}.cycle.*.{{failed,skipped}}.*, {s + 1}, {s + 2}, {s + 3})",
+                f"aliasByNode({_merged_by(f'{sch}.cycle.*.{{failed,skipped}}.*', 'sum')}, {s + 1}, "
+                f"{s + 2}, {s + 3})",
                 bars=True, description="Per cycle: schedule, failed or skipped, reason."),
-        _series("Cycle overlaps", "short", f"alias({sch}.cycle.overlap, 'overlap')", bars=True,
+        _series("Cycle overlaps", "short",
+                f"alias({_merged_by(f'{sch}.cycle.overlap', 'sum')}, 'overlap')", bars=True,
                 description="A cycle still running when the next was due: the next is "
                             "skipped. Steady overlaps mean the interval is shorter than a "
                             "cycle takes."),
@@ -280,7 +292,8 @@ def scheduler_health() -> dashboard.Dashboard:
                 f"aliasByNode({sch}.busy_fraction.*, {s + 1})",
                 description="Share of the cycle each node spent in tests."),
         _with_threshold_line(_series("Sample age: the stalest flow", "s",
-                                     f"alias({sch}.sample_age_s_max, 'max')"),
+                                     f"alias({_merged_by(f'{sch}.sample_age_s_max', 'max')}, "
+                                     "'max')"),
                              _steps((None, "transparent"), (th.MAX_SAMPLE_AGE_S, "red"))),
         _targets(bargauge.Panel().title("Sample age per flow (latest)").unit("s")
                  .span(12).height(10).min(0).display_mode(common.BarGaugeDisplayMode.BASIC)
@@ -318,8 +331,8 @@ def original() -> dashboard.Dashboard:
                  .reduce_options(_last()), f"aliasByNode({UPLOAD}.*, {u})"),
         _targets(_status_timeline("Status per target and direction", 8,
                                   "0 is a good measurement; any other code names the reason."),
-                 f"aliasByNode({STATUS}.*.{{download,upload}}, {depth(STATUS)}, "
-                 f"{depth(STATUS) + 1})"),
+                 f"aliasByNode({_merged_by(f'{STATUS}.*.{{download,upload}}', 'max')}, "
+                 f"{depth(STATUS)}, {depth(STATUS) + 1})"),
     ]
     for panel in panels:
         builder.with_panel(panel)

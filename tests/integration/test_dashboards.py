@@ -119,7 +119,8 @@ def test_every_dashboard_and_alert_target_returns_data_after_each_schedule(make_
                   protocol="udp", udp_bandwidth="20M", length=1)
     assert udp["status"] == "ok", udp
     address = {h: lab.host(h).address for h in [*NODES, "collector", "void"]}
-    _run_schedule(lab, redis, env, "star", lambda: _reported(lab, "star"), 60, CBANDWIDTH_POLLER="h1",
+    _run_schedule(lab, redis, env, "star", lambda: _reported(lab, "star"), 60,
+                  CBANDWIDTH_POLLER="h1",
                   CBANDWIDTH_PERF_SERVERS=",".join(f"{address[h]}:{h}"
                                                    for h in ("h2", "h3", "void")))
     _run_schedule(lab, redis, env, "aggregate", lambda: _reported(lab, "aggregate"), 60,
