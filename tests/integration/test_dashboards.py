@@ -25,6 +25,7 @@ import json
 import pytest
 
 from grafana import targets as grafana_targets
+from grafana.graphite import MESH
 from lab import stack
 from tests.conftest import wait_until
 from tests.integration.test_pipeline import measure
@@ -87,11 +88,13 @@ def _variable_values(lab, query: grafana_targets.Query, lab_values: dict[str, st
     return values
 
 
-def _render(lab, target: str, from_: str) -> list[dict]:
+def _render(lab, target: str, from_: str) -> tuple[int, int]:
+    """(series, non-null points) of `target`, requested as Grafana's Graphite datasource does."""
     body = lab.graphite.get("/render", [("target", target), ("from", from_), ("until", "now"),
                                         ("format", "json"), ("maxDataPoints", MAX_DATA_POINTS),
                                         ("noCache", "true")])
-    return json.loads(body)
+    series = json.loads(body)
+    return len(series), sum(v is not None for s in series for v, _ in s["datapoints"])
 
 
 @pytest.mark.timeout(240)
@@ -139,11 +142,13 @@ def test_every_dashboard_and_alert_target_returns_data_after_each_schedule(make_
         values = _variable_values(lab, query, lab_values)
         assert grafana_targets.variable_names(query.target) <= set(values), query
         target = grafana_targets.expand(query.target, values)
-        series = _render(lab, target, query.from_)
-        points = sum(value is not None for s in series for value, _ in s["datapoints"])
+        series, points = _render(lab, target, query.from_)
         if not points:
-            empty.append(f"{query.where}: {target} ({len(series)} series, all null)")
-        print(f"{query.where}: {len(series)} series, {points} points")  # shown with -s
+            empty.append(f"{query.where}: {target} ({series} series, all null)")
+        print(f"{query.where}: {series} series, {points} points")  # shown with -s
         checked += 1
     assert empty == [], "targets without data:\n" + "\n".join(empty)
+    # The check can fail: a flow that was never measured, and a wrong prefix, have no data.
+    assert _render(lab, f"{MESH}.h1.collector", "-3h")[1] == 0
+    assert _render(lab, f"aliasByNode({MESH}.*.*.*, 2)", "-3h") == (0, 0)
     assert checked == len(queries)
