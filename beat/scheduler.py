@@ -18,7 +18,7 @@ from types import SimpleNamespace
 from celery.beat import Scheduler
 
 from beat import cycles, plan
-from workers import config, metrics, registry, store
+from workers import config, liveness, metrics, registry, store
 from workers.defaults import RESULTS_QUEUE
 from workers.store import key
 
@@ -29,19 +29,25 @@ CYCLE_TASK = "cloud-bandwidth.cycle"  # a marker: handled here, never sent to a 
 CYCLE_NUMBER = key("cycle", "number")
 
 
+class NothingToMeasure(Exception):
+    """The plan has no job (fewer than two node agents registered, no static target): no
+    cycle starts and no interval is claimed, so beat can try again as soon as agents join."""
+
+
 def emit_cycle(app, r, settings: config.Settings, now: float | None = None,
                beat_id: str = "beat") -> str | None:
     """Plan and start one cycle. Returns the cycle id, or None when nothing was emitted
-    (nothing to measure, this interval's cycle started by another beat, or one still runs)."""
+    (this interval's cycle started by another beat, or one still runs); raises
+    NothingToMeasure when the plan is empty."""
     now = time.time() if now is None else now
     nodes = registry.nodes(r)
     number = int(r.get(CYCLE_NUMBER) or 0)
     cycle_plan = plan.plan_cycle(settings, nodes, number)
     if not cycle_plan.jobs:
-        log.warning("cycle: nothing to measure (schedule %s: %s)", settings.schedule,
-                    f"{len(nodes)} node agent(s) registered" if settings.schedule in
-                    ("mesh", "sampled", "aggregate") else "no CBANDWIDTH_PERF_SERVERS")
-        return None
+        raise NothingToMeasure(
+            f"schedule {settings.schedule}: " + (
+                f"{len(nodes)} node agent(s) registered" if settings.schedule in
+                ("mesh", "sampled", "aggregate") else "no CBANDWIDTH_PERF_SERVERS"))
     cycle_id = f"{int(now)}-{uuid.uuid4().hex[:8]}"
     started = cycles.claim_interval(r, settings.poll_interval_s, f"{beat_id} {cycle_id}")
     if started is not None:
@@ -129,6 +135,10 @@ class CycleScheduler(Scheduler):
         self._next_watch = 0.0
         self._unsent: frozenset = frozenset()
         self._id = f"beat-{uuid.uuid4().hex[:12]}"
+        # Set while the last try found nothing to measure: beat tries again every heartbeat
+        # interval instead of a whole poll interval later, so that agents starting a moment
+        # after beat (docker compose up) are measured within seconds, not minutes.
+        self._empty_since: float | None = None
 
     def close(self):
         try:
@@ -141,10 +151,13 @@ class CycleScheduler(Scheduler):
         settings = config.get()
         if time.monotonic() >= self._next_watch:
             self._next_watch = time.monotonic() + settings.heartbeat_interval_s
+            liveness.touch(settings)  # beat's liveness for its container health check
             try:
                 self._unsent = watch(self.app, store.client(), settings, self._unsent)
             except Exception as exc:  # Redis away: the next tick tries again
                 log.error("cycle watch failed: %s", exc)
+            if self._empty_since is not None:
+                self._emit()
         return super().tick(*args, **kwargs)
 
     def apply_async(self, entry, producer=None, advance=True, **kwargs):
@@ -152,9 +165,20 @@ class CycleScheduler(Scheduler):
             return super().apply_async(entry, producer=producer, advance=advance, **kwargs)
         if advance:
             entry = self.reserve(entry)
+        return SimpleNamespace(id=self._emit())
+
+    def _emit(self) -> str | None:
+        """Try to start a cycle; on an empty plan, note it so that tick tries again."""
         try:
             cycle_id = emit_cycle(self.app, store.client(), config.get(), beat_id=self._id)
+        except NothingToMeasure as exc:
+            if self._empty_since is None:
+                log.warning("cycle: nothing to measure (%s); trying again every heartbeat "
+                            "until there is", exc)
+                self._empty_since = time.monotonic()
+            return None
         except Exception as exc:  # Redis away: log, try again next interval
             log.error("cycle: could not emit: %s", exc)
             cycle_id = None
-        return SimpleNamespace(id=cycle_id)
+        self._empty_since = None
+        return cycle_id

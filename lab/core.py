@@ -106,6 +106,7 @@ class Lab:
     :param carbon: start carbon-cache. ``graphite`` starts graphite-web too (implies carbon).
     :param uts: give each host its own hostname (its name).
     :param keep: keep the state dir after close; default from ``CBANDWIDTH_LAB_KEEP=1``.
+    :param carbon_retentions: carbon's storage schema ``retentions`` (default: Carbon's).
     """
 
     def __init__(
@@ -120,6 +121,7 @@ class Lab:
         prefix: str = DEFAULT_PREFIX,
         uts: bool = True,
         keep: bool | None = None,
+        carbon_retentions: str | None = None,
     ):
         names = [f"h{i}" for i in range(1, hosts + 1)] if isinstance(hosts, int) else list(hosts)
         if len(set(names)) != len(names):
@@ -136,6 +138,7 @@ class Lab:
         self.prefix = prefix
         self.uts = uts
         self.keep = os.environ.get(KEEP_ENV) == "1" if keep is None else keep
+        self.carbon_options = {"retentions": carbon_retentions} if carbon_retentions else {}
 
         self.token: str | None = None
         self.state_dir: Path | None = None
@@ -224,7 +227,8 @@ class Lab:
             self.timings["redis"] = time.monotonic() - began
         if self.want_carbon:
             began = time.monotonic()
-            self.carbon = Carbon(bind, state_dir=self.state_dir / "carbon", log_dir=logs)
+            self.carbon = Carbon(bind, state_dir=self.state_dir / "carbon", log_dir=logs,
+                                 **self.carbon_options)
             self.carbon.start()
             self.timings["carbon"] = time.monotonic() - began
         if self.want_graphite:

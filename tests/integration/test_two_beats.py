@@ -95,3 +95,26 @@ def test_a_beat_that_stops_cleanly_gives_its_interval_to_its_successor(redis_ser
                    what="the successor's first cycle")
     finally:
         new.stop()
+
+
+@pytest.mark.timeout(120)
+def test_a_beat_with_nothing_to_measure_starts_a_cycle_as_soon_as_agents_register(
+        redis_server, tmp_path):
+    # Given beat started before any node agent (docker compose up starts them together) and an
+    # hour-long poll interval, when two agents register, then the first cycle starts within a
+    # few heartbeats, not an hour later.
+    r = store.client(redis_server.url)
+    r.flushdb()
+    beat = _start_beat(redis_server.url, "beat-early", 3600, tmp_path)
+    try:
+        wait_until(lambda: "nothing to measure" in beat.read_log(), 30, what="beat's first try")
+        assert r.get(CYCLE_NUMBER) is None
+        register(r, "a", "b")
+        registered = time.monotonic()
+        wait_until(lambda: "planned" in beat.read_log(), 45, what="the first cycle")
+        # Heartbeat interval: the default 10 s; the next watch pass picks the agents up.
+        assert time.monotonic() - registered <= 10 + 5
+        assert int(r.get(CYCLE_NUMBER)) == 1
+        assert beat.read_log().count("nothing to measure") == 1  # said once, not every pass
+    finally:
+        beat.stop()
