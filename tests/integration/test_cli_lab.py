@@ -1,0 +1,223 @@
+"""`cloud-bandwidth test`, `matrix` and `status` against a live lab: four namespaced hosts with
+shaped links, real Redis, carbon, iperf3 servers, node agents, the result handler and beat.
+
+Each command runs as the operator runs it: the installed console script in a subprocess
+(piped, so plain text), and once under a real terminal (tmux) for the live views.
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from lab import stack
+from tests.conftest import require, start_lab, wait_until
+from tests.integration.test_mesh import _results
+from tests.integration.test_pipeline import _env
+from workers import store
+
+CLI = str(Path(sys.executable).with_name("cloud-bandwidth"))
+HOSTS = ["h1", "h2", "h3", "h4"]
+RATES = {"h2": 50, "h3": 100, "h4": 200}
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    lab = start_lab(hosts=HOSTS, shaping=RATES, redis=True, carbon=True)
+    try:
+        for host in lab.hosts:
+            lab.start_servers(host, iperf2_port=None, netperf_port=None)
+        env = stack.base_env(lab, CBANDWIDTH_POLL_LENGTH="1", CBANDWIDTH_TIMEOUT_MARGIN="3",
+                             CBANDWIDTH_HEARTBEAT_INTERVAL="1", CBANDWIDTH_POLL_INTERVAL="3600",
+                             CBANDWIDTH_SCHEDULE="mesh", CBANDWIDTH_LOCK_WAIT="30")
+        agents, _ = stack.start_nodes(lab, env, HOSTS)
+        yield lab, stack.client(lab), agents, env, store.client(lab.redis.url)
+    finally:
+        lab.close()
+
+
+@pytest.fixture(scope="module")
+def mesh_cycle(cluster):
+    """One full mesh cycle through beat; returns its tasks.measure results."""
+    lab, app, agents, env, redis = cluster
+    beat = stack.start_beat(lab, env)
+    try:
+        wait_until(lambda: redis.hget("cbw:cycle:last", "id"), 90, what="the cycle's report")
+    finally:
+        beat.stop()
+    return _results(redis, lambda r: r.get("mode") == "mesh")
+
+
+def cli(env, *args, timeout=120, **extra):
+    return subprocess.run([CLI, *args], env=_env(dict(env, **extra)), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def _stamps(lines: list[str], *patterns: str) -> list[int]:
+    """Index of the first line matching each pattern, in order of the patterns."""
+    found = []
+    for pattern in patterns:
+        hits = [i for i, line in enumerate(lines) if re.search(pattern, line)]
+        assert hits, f"no line matches {pattern!r} in:\n" + "\n".join(lines)
+        found.append(hits[0])
+    return found
+
+
+def test_test_command_shows_queue_lock_holder_each_direction_then_the_table(cluster):
+    lab, app, agents, env, redis = cluster
+    # A longer test from h2 to h3 holds h3, so the operator's test from h1 to h3 has to wait.
+    blocker = app.send_task("tasks.measure", queue="node.h2", kwargs={
+        "target": lab.host("h3").address, "name": "h3", "length": 3,
+        "directions": "download"})
+    wait_until(lambda: redis.get("cbw:lock:node:h3"), 30, interval=0.05, what="h3's lock")
+    run = cli(env, "test", "h1", "h3", "--length", "1")
+    assert run.returncode == 0, run.stderr
+    progress = run.stderr.splitlines()
+    order = _stamps(progress, r"queued on node\.h1", r"started on agent@h1",
+                    rf"waiting for \S+, held by test {blocker.id[:8]} \(h2 -> h3, ad-hoc\)",
+                    r"running download 1/2 \(1 s\)", r"download: [\d.]+ Mbit/s",
+                    r"running upload 2/2 \(1 s\)")
+    assert order == sorted(order), run.stderr
+    # The table: both directions at h3's shaped 100 Mbit/s, and who ran it after what wait.
+    rates = {m.group(1): float(m.group(2)) for m in re.finditer(
+        r"^\s*(download|upload) \(h\d -> h\d\)\s+([\d.]+) Mbit/s\s+ok", run.stdout, re.M)}
+    assert set(rates) == {"download", "upload"}, run.stdout
+    assert all(abs(rate / 100 - 1) <= 0.10 for rate in rates.values()), rates
+    wait = float(re.search(r"lock wait ([\d.]+) s on node:h1", run.stdout).group(1))
+    assert wait > 0.5 and "agent h1" in run.stdout
+    assert "\x1b[" not in run.stdout + run.stderr  # piped: no colour
+    blocker.get(timeout=30)
+
+
+def test_test_json_is_exactly_what_celery_result_prints(cluster):
+    lab, app, agents, env, redis = cluster
+    run = cli(env, "test", "h2", "h4", "--length", "1", "--directions", "upload", "--json")
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout)
+    celery = subprocess.run([stack.CELERY, "-A", "workers", "result", result["task_id"]],
+                            env=_env(env), capture_output=True, text=True, timeout=60,
+                            cwd=lab.state_dir)
+    assert celery.returncode == 0, celery.stderr
+    assert run.stdout == celery.stdout
+    assert result["status"] == "ok" and list(k for k in ("download", "upload") if k in result) \
+        == ["upload"]
+
+
+def test_test_to_an_unreachable_target_exits_non_zero_with_the_reason(cluster):
+    lab, app, agents, env, redis = cluster
+    run = cli(env, "test", "h1", "198.18.0.99", "--length", "1", "--directions", "download")
+    assert run.returncode == 1, run.stdout + run.stderr
+    [reason] = [line for line in run.stderr.splitlines() if line.startswith("cloud-bandwidth:")]
+    assert "failed" in reason and "unreachable" in reason
+    assert re.search(r"download \(h1 -> 198\.18\.0\.99\)\s+–\s+unreachable", run.stdout)
+
+
+def test_unknown_node_is_one_line_and_exit_2(cluster):
+    lab, app, agents, env, redis = cluster
+    run = cli(env, "test", "h1", "h9")
+    assert run.returncode == 2 and run.stdout == ""
+    assert run.stderr.count("\n") == 1 and "'h9'" in run.stderr
+
+
+def test_matrix_json_holds_every_flow_the_mesh_measured_at_its_measured_rate(cluster,
+                                                                           mesh_cycle):
+    lab, app, agents, env, redis = cluster
+    expected = {}
+    for result in mesh_cycle:
+        for direction, pair in (("download", (result["node"], result["peer"])),
+                                ("upload", (result["peer"], result["node"]))):
+            expected[pair] = round(result[direction]["bits_per_second"])
+    assert len(expected) == 12
+    run = cli(env, "matrix", "--json")
+    assert run.returncode == 0, run.stderr
+    document = json.loads(run.stdout)
+    measured = {(f["src"], f["dst"]): f["bits_per_second"] for f in document["flows"]}
+    assert measured == expected
+    assert {f["state"] for f in document["flows"]} == {"ok"}
+    assert document["never_measured"] == []
+    # The table a person reads: 4 rows, h2's flows at its shaped 50 Mbit/s.
+    table = cli(env, "matrix")
+    assert table.returncode == 0 and "4 nodes, 12 flows measured: 12 ok" in table.stdout
+    row = next(line.split() for line in table.stdout.splitlines() if line.startswith("h2 "))
+    assert row[1] in ("49", "50", "51") and row[2] == "—"
+    csv_rows = cli(env, "matrix", "--csv").stdout.splitlines()
+    assert csv_rows[0].startswith("src,dst,state") and len(csv_rows) == 13
+
+
+def test_matrix_output_closed_early_by_the_reader_is_not_a_traceback(cluster, mesh_cycle):
+    lab, app, agents, env, redis = cluster
+    for args in (["matrix", "--csv"], ["status"], ["config"]):
+        with subprocess.Popen([CLI, *args], env=_env(env), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE) as process:
+            process.stdout.close()  # as `| head` does once it has its lines
+            stderr = process.stderr.read().decode()
+            process.wait(timeout=60)
+        assert "Traceback" not in stderr and "BrokenPipe" not in stderr, (args, stderr)
+
+
+def _tmux(socket: str, *args: str) -> str:
+    return subprocess.run(["tmux", "-L", socket, *args], capture_output=True, text=True,
+                          timeout=30, check=True).stdout
+
+
+def test_matrix_watch_in_a_terminal_redraws_when_a_result_arrives(cluster, mesh_cycle):
+    require("tmux")
+    lab, app, agents, env, redis = cluster
+    socket = f"cbw-{uuid.uuid4().hex[:8]}"
+    exports = {k: v for k, v in _env(env).items() if k.startswith(("CBANDWIDTH_", "PATH"))}
+    argv = ["env", *(f"{k}={v}" for k, v in exports.items()), "TERM=xterm-256color", CLI,
+            "matrix", "--watch"]
+    _tmux(socket, "new-session", "-d", "-x", "150", "-y", "45", *argv)
+    try:
+        screen = wait_until(lambda: (lambda s: s if "12 flows measured" in s else None)(
+            _tmux(socket, "capture-pane", "-p", "-e")), 30, what="the matrix on screen")
+        assert "\x1b[" in screen  # a terminal gets colour
+        assert re.search(r"^\s*h1\s+—", re.sub(r"\x1b\[[0-9;]*m", "", screen), re.M)
+        # A real result arrives: h1's mesh test of h2 on a port nothing listens on fails.
+        app.send_task("tasks.measure", queue="node.h1", kwargs={
+            "target": lab.host("h2").address, "name": "h2", "peer": "h2", "mode": "mesh",
+            "port": 5999, "length": 1})
+        screen = wait_until(lambda: (lambda s: s if "✗unre" in s else None)(
+            _tmux(socket, "capture-pane", "-p")), 30, what="the failed flow on screen")
+        assert re.search(r"h1 -> h2\s+failed: unreachable since", screen)
+    finally:
+        subprocess.run(["tmux", "-L", socket, "kill-server"], capture_output=True, timeout=30)
+    # NO_COLOR on the same terminal: the same screen, no colour.
+    _tmux(socket, "new-session", "-d", "-x", "150", "-y", "45", "env", "NO_COLOR=1", *argv[1:])
+    try:
+        screen = wait_until(lambda: (lambda s: s if "flows measured" in s else None)(
+            _tmux(socket, "capture-pane", "-p", "-e")), 30, what="the NO_COLOR matrix")
+        assert not re.search(r"\x1b\[[0-9;]*3[0-7]m", screen), screen  # no foreground colour
+    finally:
+        subprocess.run(["tmux", "-L", socket, "kill-server"], capture_output=True, timeout=30)
+
+
+def test_status_reports_the_cycle_and_a_killed_agent_within_its_heartbeat_bound(cluster,
+                                                                             mesh_cycle):
+    lab, app, agents, env, redis = cluster
+    run = cli(env, "status")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert re.search(r"last cycle\s+coverage 100% \(6/6\), mesh", run.stdout), run.stdout
+    assert "verdict" in run.stdout and "healthy" in run.stdout
+    strict = cli(env, "status", "--max-age", "1")
+    assert strict.returncode == 1 and "limit 1s" in strict.stderr
+
+    agents["h4"].kill(signal.SIGKILL)  # no goodbye
+    killed = time.monotonic()
+
+    def reported():
+        report = json.loads(cli(env, "status", "--json").stdout)["agents"]
+        return [n["name"] for n in report["late"]] + [n["name"] for n in report["gone"]]
+
+    assert wait_until(lambda: "h4" in reported(), 10, interval=0.2, what="h4 late or gone")
+    # Late after two heartbeat periods (1 s), out of the registry after three.
+    assert time.monotonic() - killed <= 3 * 1 + 2
+    wait_until(lambda: "gone: h4" in cli(env, "status").stdout, 10, what="h4 gone")

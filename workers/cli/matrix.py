@@ -1,0 +1,363 @@
+"""`cloud-bandwidth matrix`: the latest rate of every flow, source x destination.
+
+Source: Redis, `cbw:flows:latest` (workers.flows), which the result handler writes beside
+Graphite. Redis rather than graphite-web's render API because the matrix needs per flow what
+Graphite does not hold in one place: the failure reason and since when, the last good rate
+and its age, the recent median. One hash scan answers it all (a few round trips at 1,000 nodes,
+where the render API would be a wildcard query over a million series), and `--watch` hears each
+new result on the hash's Redis channel instead of polling.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from workers import flows, registry
+from workers.cli import ui
+from workers.cli.ui import Exit
+
+LOW = 0.9
+"""A rate below this share of its flow's recent median is marked low (yellow)."""
+SLOW = 0.7
+"""Below this share it is marked slow (red)."""
+PERIODS_STALE = 3
+"""A flow whose newest test is older than this many sampling periods is stale."""
+SHOWN_PROBLEMS = 12
+REDRAW_S = 5.0
+THROTTLE_S = 0.5
+
+MARK = {"ok": "", "low": "↓", "slow": "⇊", "stale": "~", "failed": "✗"}
+STYLE = {"ok": "green", "low": "yellow", "slow": "bold red", "failed": "bold red",
+         "stale": "dim", "none": "dim"}
+REASON_SHORT = {"busy": "busy", "unreachable": "unre", "timeout": "tout",
+                "tool_missing": "tool", "parse_error": "pars", "error": "err",
+                "bad_request": "req", "abandoned": "abnd", "lock_expired": "lock",
+                "skipped": "skip"}
+RANK = {"failed": 0, "slow": 1, "stale": 2, "low": 3, "none": 4, "ok": 5}
+
+
+@dataclass(frozen=True)
+class Cell:
+    src: str
+    dst: str
+    state: str                    # ok, low, slow, failed, stale, none (never measured)
+    flow: flows.Flow | None = None
+    ratio: float | None = None    # newest good rate / the flow's recent median
+    age_s: float | None = None    # since the newest test of this flow
+
+    @property
+    def badness(self) -> tuple:
+        """Sort key, worst first."""
+        return (RANK[self.state], self.ratio if self.ratio is not None else 1.0,
+                -(self.age_s or 0))
+
+
+def sampling_period_s(interval_s: float, schedule: str, nodes: int, sample_peers: int) -> float:
+    """How often each flow is measured: every cycle for a mesh; every ⌈R/k⌉ cycles for the
+    sampled schedule (R tournament rounds: N−1 for even N, N for odd)."""
+    if schedule != "sampled" or nodes < 2:
+        return float(interval_s)
+    rounds = nodes - 1 if nodes % 2 == 0 else nodes
+    return float(interval_s) * math.ceil(rounds / max(1, sample_peers))
+
+
+def classify(flow: flows.Flow | None, now: float, stale_after_s: float) -> tuple[str, float | None]:
+    if flow is None:
+        return "none", None
+    if now - flow.at > stale_after_s:
+        return "stale", None
+    if flow.status != "ok":
+        return "failed", None
+    median = flow.median_bps
+    ratio = flow.bps / median if median and flow.bps is not None else None
+    if ratio is None or ratio >= LOW:
+        return "ok", ratio
+    return ("low" if ratio >= SLOW else "slow"), ratio
+
+
+@dataclass
+class Matrix:
+    nodes: list[str]              # rows and columns, by name
+    registered: set[str]
+    cells: dict[tuple[str, str], Cell]
+    now: float
+    stale_after_s: float
+
+    def cell(self, src: str, dst: str) -> Cell:
+        return self.cells.get((src, dst)) or Cell(src, dst, "none")
+
+    def counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for cell in self.cells.values():
+            counts[cell.state] = counts.get(cell.state, 0) + 1
+        return counts
+
+    def problems(self) -> list[Cell]:
+        return sorted((c for c in self.cells.values() if c.state not in ("ok", "none")),
+                      key=lambda c: c.badness)
+
+    def ordered(self, sort: str) -> list[str]:
+        if sort == "worst":
+            worst = {n: min((c.badness for c in self.cells.values() if n in (c.src, c.dst)),
+                            default=(RANK["none"],)) for n in self.nodes}
+            return sorted(self.nodes, key=lambda n: (worst[n], ui.natural_key(n)))
+        return sorted(self.nodes, key=ui.natural_key)
+
+
+def build(flow_states: dict[tuple[str, str], flows.Flow], registered: set[str], now: float,
+          stale_after_s: float) -> Matrix:
+    nodes = set(registered)
+    cells = {}
+    for (src, dst), flow in flow_states.items():
+        nodes.update((src, dst))
+        state, ratio = classify(flow, now, stale_after_s)
+        cells[(src, dst)] = Cell(src, dst, state, flow, ratio, max(0.0, now - flow.at))
+    return Matrix(sorted(nodes, key=ui.natural_key), registered, cells, now, stale_after_s)
+
+
+def load(env, stale_after: float | None) -> Matrix:
+    redis, settings = env.redis, env.settings
+    registered = {n["name"] for n in registry.nodes(redis)}
+    states = flows.read(redis)
+    if stale_after is None:
+        count = len(registered) or len({n for pair in states for n in pair})
+        stale_after = PERIODS_STALE * sampling_period_s(
+            settings.poll_interval_s, settings.schedule, count, settings.sample_peers)
+    return build(states, registered, time.time(), stale_after)
+
+
+# --- rendering ---------------------------------------------------------------------------
+
+
+def unit_for(m: Matrix) -> str:
+    rates = sorted(c.flow.bps for c in m.cells.values() if c.flow and c.flow.bps)
+    return "G" if rates and rates[len(rates) // 2] >= 10e9 else "M"
+
+
+def cell_text(cell: Cell, unit: str) -> str:
+    if cell.state == "none":
+        return "·"
+    if cell.state == "failed":
+        return MARK["failed"] + REASON_SHORT.get(cell.flow.reason or "", "err")
+    bps = cell.flow.bps if cell.flow else None
+    if bps is None:
+        return MARK["stale"] + "–"
+    value = bps / (1e9 if unit == "G" else 1e6)
+    number = f"{value:.1f}" if value < 10 else f"{value:.0f}"
+    return (MARK["stale"] if cell.state == "stale" else "") + number + \
+        (MARK[cell.state] if cell.state in ("low", "slow") else "")
+
+
+def _label(name: str, registered: set[str], width: int = 10) -> str:
+    text = name if len(name) <= width else name[:width - 1] + "…"
+    return text if name in registered else text + "°"
+
+
+def _column_width(m: Matrix, dst: str, unit: str) -> int:
+    texts = [cell_text(m.cell(src, dst), unit) for src in m.nodes]
+    return max([len(_label(dst, m.registered))] + [len(t) for t in texts]) + 1
+
+
+def tables(m: Matrix, width: int, sort: str, show_all: bool) -> tuple[list, int]:
+    """The matrix as one or more Rich tables that fit `width`; returns (tables, columns
+    left out)."""
+    from rich.table import Table, box
+
+    if sort == "auto":
+        sort = "name"
+        label_w = max([len(_label(n, m.registered)) for n in m.nodes] + [3]) + 2
+        if label_w + sum(_column_width(m, d, unit_for(m)) for d in m.nodes) > width:
+            sort = "worst"
+    rows = m.ordered(sort)
+    unit = unit_for(m)
+    label_w = max([len(_label(n, m.registered)) for n in rows] + [3]) + 2
+    pages: list[list[str]] = [[]]
+    used = label_w
+    for dst in rows:
+        w = _column_width(m, dst, unit)
+        if pages[-1] and used + w > width:
+            pages.append([])
+            used = label_w
+        pages[-1].append(dst)
+        used += w
+    left_out = 0
+    if not show_all and len(pages) > 1:
+        left_out = sum(len(p) for p in pages[1:])
+        pages = pages[:1]
+    made = []
+    for page in pages:
+        table = Table(box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 0, 0, 1),
+                      show_edge=False)
+        table.add_column("src\\dst", style="bold", no_wrap=True)
+        for dst in page:
+            table.add_column(_label(dst, m.registered), justify="right", no_wrap=True)
+        for src in rows:
+            row = [_label(src, m.registered)]
+            for dst in page:
+                if src == dst:
+                    row.append("[dim]—[/]")
+                    continue
+                cell = m.cell(src, dst)
+                row.append(f"[{STYLE[cell.state]}]{cell_text(cell, unit)}[/]")
+            table.add_row(*row)
+        made.append(table)
+    return made, left_out
+
+
+def headline(m: Matrix) -> str:
+    counts = m.counts()
+    parts = [f"{counts.get(s, 0)} {word}" for s, word in
+             (("ok", "ok"), ("low", "low"), ("slow", "slow"), ("failed", "failed"),
+              ("stale", "stale")) if counts.get(s) or s == "ok"]
+    unit = "Gbit/s" if unit_for(m) == "G" else "Mbit/s"
+    return (f"{len(m.nodes)} nodes, {len(m.cells)} flows measured: {', '.join(parts)}   "
+            f"[{unit}, source rows -> destination columns, {ui.clock(m.now)}]")
+
+
+def legend(m: Matrix) -> str:
+    text = (f"↓ below {LOW:.0%} of the flow's recent median, ⇊ below {SLOW:.0%}, ✗ failed "
+            f"(reason), ~ stale (older than {ui.age(m.stale_after_s)}), · never measured")
+    if any(n not in m.registered for n in m.nodes):
+        text += ", ° not in the registry now"
+    return text
+
+
+def problem_lines(m: Matrix, limit: int | None) -> list[str]:
+    lines = []
+    problems = m.problems()
+    for cell in problems[:limit]:
+        f = cell.flow
+        route = f"{cell.src} -> {cell.dst}"
+        last_good = (f"last good {ui.rate(f.bps)} {ui.age(m.now - f.good_at)} ago"
+                     if f.good_at else "never measured ok")
+        if cell.state == "failed":
+            detail = (f"failed: {f.reason} since {ui.clock(f.since)} "
+                      f"({ui.age(m.now - f.since)}); {last_good}")
+            if f.error:
+                detail += f"; {f.error.splitlines()[0][:100]}"
+        elif cell.state == "stale":
+            detail = (f"stale: newest test {ui.age(cell.age_s)} ago ({f.status}"
+                      f"{', ' + f.reason if f.reason else ''}); {last_good}")
+        else:
+            detail = (f"{ui.rate(f.bps)} = {cell.ratio:.0%} of its median "
+                      f"{ui.rate(f.median_bps)} over {len(f.recent)} samples, "
+                      f"measured {ui.age(cell.age_s)} ago")
+        lines.append(f"  {route:<24} {detail}")
+    if limit is not None and len(problems) > limit:
+        lines.append(f"  … and {len(problems) - limit} more (--json or --csv lists every flow)")
+    return lines
+
+
+def render(m: Matrix, width: int, sort: str, show_all: bool, problem_limit: int | None):
+    from rich.console import Group
+    from rich.text import Text
+
+    parts: list[Any] = [Text(headline(m), style="bold")]
+    if not m.nodes:
+        parts.append(Text("no flow measured yet, and no node agent registered"))
+        return Group(*parts)
+    made, left_out = tables(m, width, sort, show_all)
+    parts.extend(made)
+    if left_out:
+        parts.append(Text(f"{left_out} more destination column(s) not shown (worst first "
+                          f"above); --all pages them, --json / --csv list every flow",
+                          style="yellow"))
+    parts.append(Text(legend(m), style="dim"))
+    lines = problem_lines(m, problem_limit)
+    if lines:
+        parts.append(Text("needs a look (worst first):"))
+        parts.extend(Text(line) for line in lines)
+    return Group(*parts)
+
+
+def as_records(m: Matrix) -> list[dict[str, Any]]:
+    records = []
+    for (src, dst) in sorted(m.cells, key=lambda p: (ui.natural_key(p[0]),
+                                                       ui.natural_key(p[1]))):
+        cell = m.cells[(src, dst)]
+        record = cell.flow.to_dict()
+        record.update(state=cell.state, ratio=None if cell.ratio is None else round(cell.ratio, 4),
+                      age_s=round(cell.age_s, 1))
+        records.append(record)
+    return records
+
+
+def to_json(m: Matrix) -> str:
+    missing = [[a, b] for a in sorted(m.registered, key=ui.natural_key)
+               for b in sorted(m.registered, key=ui.natural_key)
+               if a != b and (a, b) not in m.cells]
+    return json.dumps({"generated": m.now, "stale_after_s": m.stale_after_s,
+                       "nodes": [{"name": n, "registered": n in m.registered}
+                                 for n in m.nodes],
+                       "flows": as_records(m), "never_measured": missing}, indent=1)
+
+
+CSV_FIELDS = ("src", "dst", "state", "bits_per_second", "median_bits_per_second", "ratio",
+              "at", "age_s", "since", "reason", "error")
+
+
+def to_csv(m: Matrix) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, extrasaction="ignore",
+                            lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(as_records(m))
+    return buffer.getvalue()
+
+
+def run(env, *, watch: bool, as_json: bool, as_csv: bool, show_all: bool, sort: str,
+        stale_after: float | None) -> int:
+    out = ui.console()
+    if as_json or as_csv:
+        text = to_json(load(env, stale_after)) if as_json else to_csv(load(env, stale_after))
+        out.file.write(text if text.endswith("\n") else text + "\n")
+        return Exit.OK
+    if not watch:
+        out.print(render(load(env, stale_after), out.width, sort, show_all,
+                         SHOWN_PROBLEMS if out.is_terminal else None))
+        return Exit.OK
+    return _watch(env, out, sort, show_all, stale_after)
+
+
+def _watch(env, out, sort: str, show_all: bool, stale_after: float | None) -> int:
+    """Redraw when a result arrives (the flows channel), and every REDRAW_S for the ages."""
+    from rich.live import Live
+
+    pubsub = env.redis.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(flows.UPDATES)
+    try:
+        if not out.is_terminal:  # piped: print each new state, one after the other
+            while True:
+                out.print(render(load(env, stale_after), out.width, sort, show_all, None))
+                out.print()
+                out.file.flush()
+                _wait_for_update(pubsub, timeout=None)
+        with Live(console=out, screen=True, auto_refresh=False) as live:
+            while True:
+                height = out.height
+                matrix = load(env, stale_after)
+                shown = max(0, height - len(matrix.nodes) - 10)
+                live.update(render(matrix, out.width, sort, show_all, min(shown, SHOWN_PROBLEMS)),
+                            refresh=True)
+                _wait_for_update(pubsub, timeout=REDRAW_S)
+    except KeyboardInterrupt:
+        return Exit.OK
+    finally:
+        pubsub.close()
+
+
+def _wait_for_update(pubsub, timeout: float | None) -> None:
+    """Block until a flow changed (or `timeout`), then let a burst settle for THROTTLE_S."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while deadline is None or time.monotonic() < deadline:
+        left = 1.0 if deadline is None else max(0.0, deadline - time.monotonic())
+        if pubsub.get_message(timeout=min(1.0, left)) is not None:
+            settle = time.monotonic() + THROTTLE_S
+            while time.monotonic() < settle:
+                pubsub.get_message(timeout=max(0.0, settle - time.monotonic()))
+            return
