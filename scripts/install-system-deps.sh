@@ -9,7 +9,8 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 1
 fi
 
-packages=(iperf3 iperf netperf redis-server graphite-carbon graphite-web gunicorn iproute2 procps)
+# tmux: the CLI tests drive the live views (`cloud-bandwidth matrix --watch`) under a real terminal.
+packages=(iperf3 iperf netperf redis-server graphite-carbon graphite-web gunicorn iproute2 procps tmux)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

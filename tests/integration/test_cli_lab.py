@@ -147,7 +147,7 @@ def test_matrix_json_holds_every_flow_the_mesh_measured_at_its_measured_rate(clu
     table = cli(env, "matrix")
     assert table.returncode == 0 and "4 nodes, 12 flows measured: 12 ok" in table.stdout
     row = next(line.split() for line in table.stdout.splitlines() if line.startswith("h2 "))
-    assert row[1] in ("49", "50", "51") and row[2] == "—"
+    assert abs(float(row[1]) / 50 - 1) <= 0.10 and row[2] == "—"
     csv_rows = cli(env, "matrix", "--csv").stdout.splitlines()
     assert csv_rows[0].startswith("src,dst,state") and len(csv_rows) == 13
 
@@ -163,41 +163,82 @@ def test_matrix_output_closed_early_by_the_reader_is_not_a_traceback(cluster, me
         assert "Traceback" not in stderr and "BrokenPipe" not in stderr, (args, stderr)
 
 
-def _tmux(socket: str, *args: str) -> str:
-    return subprocess.run(["tmux", "-L", socket, *args], capture_output=True, text=True,
-                          timeout=30, check=True).stdout
+class Terminal:
+    """A command under a real terminal: a tmux session on a private server socket, kept on
+    screen after the command exits; the server is killed on leaving."""
+
+    def __init__(self, env, argv: list[str], width: int = 150, height: int = 45, **extra):
+        self.socket = f"cbw-{uuid.uuid4().hex[:8]}"
+        exports = {k: v for k, v in _env(dict(env, **extra)).items()
+                   if k.startswith(("CBANDWIDTH_", "PATH", "NO_COLOR"))}
+        self.argv = ["env", *(f"{k}={v}" for k, v in exports.items()), "TERM=xterm-256color",
+                     CLI, *argv]
+        self.size = (str(width), str(height))
+
+    def tmux(self, *args: str) -> str:
+        run = subprocess.run(["tmux", "-L", self.socket, *args], capture_output=True,
+                             text=True, timeout=30)
+        assert run.returncode == 0, (args, run.stderr)
+        return run.stdout
+
+    def __enter__(self):
+        self.tmux("new-session", "-d", "-s", "t", "-x", self.size[0], "-y", self.size[1],
+                  *self.argv, ";", "set-option", "-w", "-t", "t", "remain-on-exit", "on")
+        return self
+
+    def __exit__(self, *exc):
+        subprocess.run(["tmux", "-L", self.socket, "kill-server"], capture_output=True,
+                       timeout=30)
+
+    def screen(self, colours: bool = False) -> str:
+        return self.tmux("capture-pane", "-p", *(["-e"] if colours else []), "-t", "t")
+
+    def wait_for(self, text: str, timeout: float = 30, colours: bool = False) -> str:
+        return wait_until(lambda: (lambda s: s if text in s else None)(self.screen(colours)),
+                          timeout, what=f"{text!r} on the screen")
+
+    def exit_status(self) -> int:
+        wait_until(lambda: self.tmux("display-message", "-p", "-t", "t", "#{pane_dead}"
+                                     ).strip() == "1", 15, what="the command to exit")
+        return int(self.tmux("display-message", "-p", "-t", "t", "#{pane_dead_status}"))
 
 
 def test_matrix_watch_in_a_terminal_redraws_when_a_result_arrives(cluster, mesh_cycle):
     require("tmux")
     lab, app, agents, env, redis = cluster
-    socket = f"cbw-{uuid.uuid4().hex[:8]}"
-    exports = {k: v for k, v in _env(env).items() if k.startswith(("CBANDWIDTH_", "PATH"))}
-    argv = ["env", *(f"{k}={v}" for k, v in exports.items()), "TERM=xterm-256color", CLI,
-            "matrix", "--watch"]
-    _tmux(socket, "new-session", "-d", "-x", "150", "-y", "45", *argv)
-    try:
-        screen = wait_until(lambda: (lambda s: s if "12 flows measured" in s else None)(
-            _tmux(socket, "capture-pane", "-p", "-e")), 30, what="the matrix on screen")
+    with Terminal(env, ["matrix", "--watch"]) as terminal:
+        screen = terminal.wait_for("12 flows measured", colours=True)
         assert "\x1b[" in screen  # a terminal gets colour
-        assert re.search(r"^\s*h1\s+—", re.sub(r"\x1b\[[0-9;]*m", "", screen), re.M)
+        assert re.search(r"^\s*h1\s+—", terminal.screen(), re.M)
         # A real result arrives: h1's mesh test of h2 on a port nothing listens on fails.
         app.send_task("tasks.measure", queue="node.h1", kwargs={
             "target": lab.host("h2").address, "name": "h2", "peer": "h2", "mode": "mesh",
             "port": 5999, "length": 1})
-        screen = wait_until(lambda: (lambda s: s if "✗unre" in s else None)(
-            _tmux(socket, "capture-pane", "-p")), 30, what="the failed flow on screen")
-        assert re.search(r"h1 -> h2\s+failed: unreachable since", screen)
-    finally:
-        subprocess.run(["tmux", "-L", socket, "kill-server"], capture_output=True, timeout=30)
-    # NO_COLOR on the same terminal: the same screen, no colour.
-    _tmux(socket, "new-session", "-d", "-x", "150", "-y", "45", "env", "NO_COLOR=1", *argv[1:])
-    try:
-        screen = wait_until(lambda: (lambda s: s if "flows measured" in s else None)(
-            _tmux(socket, "capture-pane", "-p", "-e")), 30, what="the NO_COLOR matrix")
+        screen = terminal.wait_for("✗unre")
+        assert re.search(r"h1 -> h2\s+failed: unreachable since", screen), screen
+    # NO_COLOR on the same terminal: the same view, no colour.
+    with Terminal(env, ["matrix", "--watch"], NO_COLOR="1") as terminal:
+        screen = terminal.wait_for("flows measured", colours=True)
         assert not re.search(r"\x1b\[[0-9;]*3[0-7]m", screen), screen  # no foreground colour
-    finally:
-        subprocess.run(["tmux", "-L", socket, "kill-server"], capture_output=True, timeout=30)
+
+
+def test_test_in_a_terminal_shows_live_progress_and_ctrl_c_revokes_a_queued_test(cluster):
+    require("tmux")
+    lab, app, agents, env, redis = cluster
+    # h1's agent is busy with a 3 s test, so the operator's test waits in h1's queue.
+    blocker = app.send_task("tasks.measure", queue="node.h1", kwargs={
+        "target": lab.host("h2").address, "name": "h2", "length": 3, "directions": "download"})
+    wait_until(lambda: redis.get("cbw:lock:node:h1"), 30, interval=0.05, what="h1 busy")
+    with Terminal(env, ["test", "h1", "h3", "--length", "1"], height=20) as terminal:
+        terminal.wait_for("queued on node.h1", timeout=15)
+        terminal.tmux("send-keys", "-t", "t", "C-c")
+        screen = terminal.wait_for("revoked before it started", timeout=15)
+        task_id = re.search(r"test ([0-9a-f-]{36}) revoked", screen).group(1)
+        assert terminal.exit_status() == 130
+    blocker.get(timeout=30)
+    # The agent drops the revoked message when it reaches it: the test never runs.
+    wait_until(lambda: app.AsyncResult(task_id).state == "REVOKED", 30, what="REVOKED")
+    assert not redis.get("cbw:lock:node:h3")
 
 
 def test_status_reports_the_cycle_and_a_killed_agent_within_its_heartbeat_bound(cluster,

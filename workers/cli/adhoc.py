@@ -150,6 +150,7 @@ class LiveView:
                                  TimeElapsedColumn(), console=err, transient=True)
         self.task = self.progress.add_task("sending", total=None, clock="")
         self._last = None
+        self._pending: tuple[float, str] | None = None
 
     def __enter__(self):
         self.progress.start()
@@ -161,15 +162,21 @@ class LiveView:
 
     def show(self, key: tuple, text: str) -> None:
         if key != self._last:
-            if self._last is not None:
-                self.progress.console.print(f"[dim]{ui.clock(time.time())}[/]  "
-                                            f"{self._described}")
+            self._settle()
             self._last = key
-            self._described = text
+            self._pending = (time.time(), text)
         self.progress.update(self.task, description=text)
 
     def note(self, text: str) -> None:
+        self._settle()
         self.progress.console.print(f"[dim]{ui.clock(time.time())}[/]  {text}")
+
+    def _settle(self) -> None:
+        """The step shown live is over: keep it as a line above the live one."""
+        if self._pending is not None:
+            at, text = self._pending
+            self.progress.console.print(f"[dim]{ui.clock(at)}[/]  {text}")
+            self._pending = None
 
     def tick(self, elapsed: float | None, total: float | None) -> None:
         if total:
@@ -216,12 +223,16 @@ def _follow(app, redis, pubsub, view, task_id: str, queue: str, wait_s: float) -
             if state == LOCKING and info.get("holder") != holder_of:
                 holder_of = info.get("holder")
                 holder = describe_holder(redis, app, holder_of)
-            view.show((state, info.get("direction"), info.get("resource"), holder_of),
-                      state_text(state, info, queue, depth, holder))
-            for direction, done in (info.get("done") or {}).items() if state == RUNNING else ():
+            finished = dict(info.get("done") or {}) if state == RUNNING else {}
+            if state == "SUCCESS":  # the last direction's outcome is in the result
+                result = json.loads(meta["result"])
+                finished = {d: result[d] for d in DIRECTIONS if d in result}
+            for direction, done in finished.items():
                 if direction not in noted:
                     noted.add(direction)
                     view.note(_direction_line(direction, done))
+            view.show((state, info.get("direction"), info.get("resource"), holder_of),
+                      state_text(state, info, queue, depth, holder))
             if state == RUNNING:
                 view.tick(time.monotonic() - since, float(info.get("length_s") or 0))
             else:
@@ -283,7 +294,7 @@ def _report(meta: dict[str, Any], source: str, task_id: str, as_json: bool) -> i
     result = json.loads(text)
     out = ui.console()
     if as_json:
-        out.print(text, markup=False, soft_wrap=True)
+        out.file.write(text + "\n")  # as `celery result` prints it, byte for byte
     else:
         out.print(result_table(result))
         out.print(result_footer(result), markup=False)

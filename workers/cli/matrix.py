@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from workers import flows, registry
+from workers import flows, registry, store
 from workers.cli import ui
 from workers.cli.ui import Exit
 
@@ -120,10 +120,21 @@ def build(flow_states: dict[tuple[str, str], flows.Flow], registered: set[str], 
     return Matrix(sorted(nodes, key=ui.natural_key), registered, cells, now, stale_after_s)
 
 
+def registered_among(redis, names: list[str]) -> set[str]:
+    """Which of `names` have a live registry entry: one MGET, however big the keyspace (a
+    registry SCAN walks every key, a day of task results included)."""
+    if not names:
+        return set()
+    alive = redis.mget([store.key("node", name) for name in names])
+    return {name for name, entry in zip(names, alive) if entry}
+
+
 def load(env, stale_after: float | None) -> Matrix:
     redis, settings = env.redis, env.settings
-    registered = {n["name"] for n in registry.nodes(redis)}
     states = flows.read(redis)
+    registered = registered_among(redis, sorted({n for pair in states for n in pair}))
+    if not states:  # nothing measured yet: show who is there
+        registered = {n["name"] for n in registry.nodes(redis)}
     if stale_after is None:
         count = len(registered) or len({n for pair in states for n in pair})
         stale_after = PERIODS_STALE * sampling_period_s(
