@@ -25,7 +25,10 @@ from workers.store import key
 LATEST = key("flows", "latest")
 UPDATES = key("flows", "updates")
 HISTORY = 8
-"""Good rates kept per flow; the matrix colours a rate against their median."""
+"""Good rates kept per flow; the matrix colours a rate against the median of those before it."""
+LOW = 0.9
+"""A good rate below this share of the median of the rates before it is low; the record keeps
+when the current run of low rates began (`low_since`)."""
 ERROR_CHARS = 160
 SCAN_BATCH = 10_000
 
@@ -44,16 +47,19 @@ class Flow:
     bps: float | None = None      # newest good rate, bits per second
     good_at: float | None = None  # its start
     recent: tuple[float, ...] = field(default=())
+    low_since: float | None = None  # start of the current run of low good rates
 
     @property
     def median_bps(self) -> float | None:
-        return statistics.median(self.recent) if self.recent else None
+        """The median of the good rates before the newest one: what the flow usually does."""
+        return statistics.median(self.recent[:-1]) if len(self.recent) > 1 else None
 
     def to_dict(self) -> dict[str, Any]:
         return {"src": self.src, "dst": self.dst, "status": self.status, "at": self.at,
                 "since": self.since, "reason": self.reason, "error": self.error,
                 "bits_per_second": self.bps, "good_at": self.good_at,
-                "median_bits_per_second": self.median_bps, "recent": list(self.recent)}
+                "median_bits_per_second": self.median_bps, "low_since": self.low_since,
+                "recent": list(self.recent)}
 
 
 def directions(result: dict[str, Any]) -> Iterator[tuple[str, str, str]]:
@@ -81,7 +87,7 @@ def note(r: redis.Redis, result: dict[str, Any]) -> int:
             continue
         changed += int(r.eval(_NOTE, 1, LATEST, f"{src} {dst}", measured["start"],
                               "ok" if ok else "failed", "" if bps is None else int(round(bps)),
-                              reason, error, HISTORY, UPDATES))
+                              reason, error, HISTORY, UPDATES, LOW))
     return changed
 
 
@@ -92,7 +98,7 @@ def parse(name: str, raw: str) -> Flow:
     return Flow(src=src, dst=dst, at=float(rec["t"]), status=rec["s"],
                 since=float(rec.get("since", rec["t"])), reason=rec.get("r") or None,
                 error=rec.get("e") or None, bps=rec.get("b"), good_at=rec.get("g"),
-                recent=tuple(float(v) for v in history))
+                recent=tuple(float(v) for v in history), low_since=rec.get("d"))
 
 
 def read(r: redis.Redis) -> dict[tuple[str, str], Flow]:

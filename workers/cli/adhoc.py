@@ -318,7 +318,8 @@ def result_table(result: dict[str, Any]):
     title = (f"{node} -> {name} ({result['target']}): {result['tool']} {result['protocol']}, "
              f"{result['length']} s per direction, {result['parallel']} stream(s)")
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
-    for column, justify in (("direction", "left"), ("rate", "right"), ("status", "left"),
+    table.add_column("direction", no_wrap=True)
+    for column, justify in ( ("rate", "right"), ("status", "left"),
                             ("retransmits", "right"), ("cpu local / remote", "right"),
                             ("jitter", "right"), ("loss", "right"), ("started", "left")):
         table.add_column(column, justify=justify)

@@ -21,7 +21,7 @@ from workers import flows, registry, store
 from workers.cli import ui
 from workers.cli.ui import Exit
 
-LOW = 0.9
+LOW = flows.LOW
 """A rate below this share of its flow's recent median is marked low (yellow)."""
 SLOW = 0.7
 """Below this share it is marked slow (red)."""
@@ -256,8 +256,11 @@ def problem_lines(m: Matrix, limit: int | None) -> list[str]:
                       f"{', ' + f.reason if f.reason else ''}); {last_good}")
         else:
             detail = (f"{ui.rate(f.bps)} = {cell.ratio:.0%} of its median "
-                      f"{ui.rate(f.median_bps)} over {len(f.recent)} samples, "
-                      f"measured {ui.age(cell.age_s)} ago")
+                      f"{ui.rate(f.median_bps)} (previous {len(f.recent) - 1} samples)")
+            if f.low_since:
+                detail += (f", low since {ui.clock(f.low_since)} "
+                           f"({ui.age(m.now - f.low_since)})")
+            detail += f"; measured {ui.age(cell.age_s)} ago"
         lines.append(f"  {route:<24} {detail}")
     if limit is not None and len(problems) > limit:
         lines.append(f"  … and {len(problems) - limit} more (--json or --csv lists every flow)")
