@@ -125,8 +125,9 @@ def _mesh(n: int, bad: tuple[str, str] | None = None) -> matrix.Matrix:
 
 def test_fifty_nodes_fit_a_terminal_worst_first_and_say_what_was_left_out():
     m = _mesh(50, bad=("node-37", "node-41"))
-    tables, left_out = matrix.tables(m, 160, "auto", show_all=False)
-    assert len(tables) == 1 and left_out > 0
+    tables, left_out, rows_left = matrix.tables(m, 160, "auto", show_all=False, max_rows=30)
+    assert len(tables) == 1 and left_out > 0 and rows_left == 20
+    assert tables[0].row_count == 30
     columns = [c.header for c in tables[0].columns]
     assert columns[1] in ("node-37", "node-41")  # the failed flow's nodes come first
     from rich.console import Console
@@ -134,8 +135,25 @@ def test_fifty_nodes_fit_a_terminal_worst_first_and_say_what_was_left_out():
     console = Console(width=160, file=io.StringIO(), color_system=None)
     console.print(tables[0])
     assert max(len(line) for line in console.file.getvalue().splitlines()) <= 160
-    pages, left_out = matrix.tables(m, 160, "auto", show_all=True)
-    assert left_out == 0 and sum(len(t.columns) - 1 for t in pages) == 50
+    pages, left_out, rows_left = matrix.tables(m, 160, "auto", show_all=True, max_rows=30)
+    assert left_out == rows_left == 0 and sum(len(t.columns) - 1 for t in pages) == 50
+    assert all(t.row_count == 50 for t in pages)
+
+
+def test_a_big_matrix_lays_out_one_page_and_the_worst_rows_not_n_squared_cells():
+    import time
+
+    names = [f"n{i:04d}" for i in range(400)]
+    good = flow(bps=940e6, recent=(940e6,) * 3)
+    states = {(a, b): good for a in names for b in names if a != b}
+    states[("n0300", "n0007")] = flow("n0300", "n0007", status="failed", reason="timeout")
+    m = matrix.build(states, set(names), NOW, 600)
+    began = time.perf_counter()
+    tables, columns_left, rows_left = matrix.tables(m, 200, "auto", show_all=False,
+                                                    max_rows=matrix.MAX_ROWS)
+    assert time.perf_counter() - began < 2  # one page: 60 rows x ~30 columns measured
+    assert tables[0].row_count == matrix.MAX_ROWS and rows_left == 400 - matrix.MAX_ROWS
+    assert [c.header for c in tables[0].columns][1:3] == ["n0007", "n0300"]
 
 
 def test_json_and_csv_list_every_flow_with_its_state():

@@ -15,7 +15,7 @@ import json
 import math
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from workers import flows, registry, store
 from workers.cli import ui
@@ -28,6 +28,8 @@ SLOW = 0.7
 PERIODS_STALE = 3
 """A flow whose newest test is older than this many sampling periods is stale."""
 SHOWN_PROBLEMS = 12
+MAX_ROWS = 60
+"""Source rows shown without --all (worst first when there are more)."""
 REDRAW_S = 5.0
 THROTTLE_S = 0.5
 
@@ -41,8 +43,9 @@ REASON_SHORT = {"busy": "busy", "unreachable": "unre", "timeout": "tout",
 RANK = {"failed": 0, "slow": 1, "stale": 2, "low": 3, "none": 4, "ok": 5}
 
 
-@dataclass(frozen=True)
-class Cell:
+class Cell(NamedTuple):
+    """One flow as the matrix shows it (a tuple: a 1,000-node mesh has a million)."""
+
     src: str
     dst: str
     state: str                    # ok, low, slow, failed, stale, none (never measured)
@@ -102,21 +105,28 @@ class Matrix:
                       key=lambda c: c.badness)
 
     def ordered(self, sort: str) -> list[str]:
+        """The nodes by name, or worst first: by the worst cell of each (one pass)."""
         if sort == "worst":
-            worst = {n: min((c.badness for c in self.cells.values() if n in (c.src, c.dst)),
-                            default=(RANK["none"],)) for n in self.nodes}
-            return sorted(self.nodes, key=lambda n: (worst[n], ui.natural_key(n)))
-        return sorted(self.nodes, key=ui.natural_key)
+            worst: dict[str, tuple] = {}
+            for cell in self.cells.values():
+                badness = cell.badness
+                for name in (cell.src, cell.dst):
+                    if name not in worst or badness < worst[name]:
+                        worst[name] = badness
+            none = (RANK["none"],)
+            return sorted(self.nodes, key=lambda n: (worst.get(n, none), ui.natural_key(n)))
+        return list(self.nodes)  # sorted by name when built
 
 
 def build(flow_states: dict[tuple[str, str], flows.Flow], registered: set[str], now: float,
           stale_after_s: float) -> Matrix:
     nodes = set(registered)
+    nodes.update(src for src, _ in flow_states)
+    nodes.update(dst for _, dst in flow_states)
     cells = {}
-    for (src, dst), flow in flow_states.items():
-        nodes.update((src, dst))
+    for pair, flow in flow_states.items():
         state, ratio = classify(flow, now, stale_after_s)
-        cells[(src, dst)] = Cell(src, dst, state, flow, ratio, max(0.0, now - flow.at))
+        cells[pair] = Cell(pair[0], pair[1], state, flow, ratio, max(0.0, now - flow.at))
     return Matrix(sorted(nodes, key=ui.natural_key), registered, cells, now, stale_after_s)
 
 
@@ -169,37 +179,45 @@ def _label(name: str, registered: set[str], width: int = 10) -> str:
     return text if name in registered else text + "°"
 
 
-def _column_width(m: Matrix, dst: str, unit: str) -> int:
-    texts = [cell_text(m.cell(src, dst), unit) for src in m.nodes]
+def _column_width(m: Matrix, dst: str, rows: list[str], unit: str) -> int:
+    texts = [cell_text(m.cell(src, dst), unit) for src in rows]
     return max([len(_label(dst, m.registered))] + [len(t) for t in texts]) + 1
 
 
-def tables(m: Matrix, width: int, sort: str, show_all: bool) -> tuple[list, int]:
-    """The matrix as one or more Rich tables that fit `width`; returns (tables, columns
-    left out)."""
-    from rich.table import Table, box
-
-    if sort == "auto":
-        sort = "name"
-        label_w = max([len(_label(n, m.registered)) for n in m.nodes] + [3]) + 2
-        if label_w + sum(_column_width(m, d, unit_for(m)) for d in m.nodes) > width:
-            sort = "worst"
-    rows = m.ordered(sort)
-    unit = unit_for(m)
-    label_w = max([len(_label(n, m.registered)) for n in rows] + [3]) + 2
+def _pages(m: Matrix, columns: list[str], rows: list[str], unit: str, width: int,
+           label_w: int, show_all: bool) -> list[list[str]]:
+    """Columns in pages that fit `width`; only the first page unless `show_all` (a column's
+    width is measured only when it is laid out, so a big mesh costs one page, not N²)."""
     pages: list[list[str]] = [[]]
     used = label_w
-    for dst in rows:
-        w = _column_width(m, dst, unit)
+    for dst in columns:
+        w = _column_width(m, dst, rows, unit)
         if pages[-1] and used + w > width:
+            if not show_all:
+                break
             pages.append([])
             used = label_w
         pages[-1].append(dst)
         used += w
-    left_out = 0
-    if not show_all and len(pages) > 1:
-        left_out = sum(len(p) for p in pages[1:])
-        pages = pages[:1]
+    return pages
+
+
+def tables(m: Matrix, width: int, sort: str, show_all: bool,
+           max_rows: int | None = None) -> tuple[list, int, int]:
+    """The matrix as Rich tables that fit `width`: (tables, columns left out, rows left out).
+    When it does not fit (and `sort` is auto) rows and columns go worst first; without
+    `show_all`, only the first page of columns and `max_rows` rows are shown."""
+    from rich.table import Table, box
+
+    unit = unit_for(m)
+    label_w = max([len(_label(n, m.registered)) for n in m.nodes] + [7]) + 2
+    order = m.ordered("name" if sort == "auto" else sort)
+    if sort == "auto" and len(_pages(m, order, order, unit, width, label_w, False)[0]) \
+            < len(order):
+        order = m.ordered("worst")
+    rows = order if show_all or max_rows is None else order[:max_rows]
+    pages = _pages(m, order, rows, unit, width, label_w, show_all)
+    columns_left = len(order) - sum(len(p) for p in pages)
     made = []
     for page in pages:
         table = Table(box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 0, 0, 1),
@@ -217,7 +235,7 @@ def tables(m: Matrix, width: int, sort: str, show_all: bool) -> tuple[list, int]
                 row.append(f"[{STYLE[cell.state]}]{cell_text(cell, unit)}[/]")
             table.add_row(*row)
         made.append(table)
-    return made, left_out
+    return made, columns_left, len(order) - len(rows)
 
 
 def headline(m: Matrix) -> str:
@@ -267,7 +285,8 @@ def problem_lines(m: Matrix, limit: int | None) -> list[str]:
     return lines
 
 
-def render(m: Matrix, width: int, sort: str, show_all: bool, problem_limit: int | None):
+def render(m: Matrix, width: int, sort: str, show_all: bool, problem_limit: int | None,
+           max_rows: int | None = MAX_ROWS):
     from rich.console import Group
     from rich.text import Text
 
@@ -275,12 +294,12 @@ def render(m: Matrix, width: int, sort: str, show_all: bool, problem_limit: int 
     if not m.nodes:
         parts.append(Text("no flow measured yet, and no node agent registered"))
         return Group(*parts)
-    made, left_out = tables(m, width, sort, show_all)
+    made, columns_left, rows_left = tables(m, width, sort, show_all, max_rows)
     parts.extend(made)
-    if left_out:
-        parts.append(Text(f"{left_out} more destination column(s) not shown (worst first "
-                          f"above); --all pages them, --json / --csv list every flow",
-                          style="yellow"))
+    if columns_left or rows_left:
+        parts.append(Text(f"not shown: {columns_left} destination column(s), {rows_left} "
+                          f"source row(s) (worst first above); --all pages them, --json / "
+                          f"--csv list every flow", style="yellow"))
     parts.append(Text(legend(m), style="dim"))
     lines = problem_lines(m, problem_limit)
     if lines:
@@ -290,11 +309,12 @@ def render(m: Matrix, width: int, sort: str, show_all: bool, problem_limit: int 
 
 
 def as_records(m: Matrix) -> list[dict[str, Any]]:
+    rank = {name: i for i, name in enumerate(m.nodes)}  # m.nodes is in natural order
     records = []
-    for (src, dst) in sorted(m.cells, key=lambda p: (ui.natural_key(p[0]),
-                                                       ui.natural_key(p[1]))):
-        cell = m.cells[(src, dst)]
+    for pair in sorted(m.cells, key=lambda p: (rank[p[0]], rank[p[1]])):
+        cell = m.cells[pair]
         record = cell.flow.to_dict()
+        del record["recent"]  # the median says it; 8 numbers x a million flows do not
         record.update(state=cell.state, ratio=None if cell.ratio is None else round(cell.ratio, 4),
                       age_s=round(cell.age_s, 1))
         records.append(record)
@@ -302,13 +322,15 @@ def as_records(m: Matrix) -> list[dict[str, Any]]:
 
 
 def to_json(m: Matrix) -> str:
-    missing = [[a, b] for a in sorted(m.registered, key=ui.natural_key)
-               for b in sorted(m.registered, key=ui.natural_key)
+    registered = [n for n in m.nodes if n in m.registered]
+    missing = [[a, b] for a in registered for b in registered
                if a != b and (a, b) not in m.cells]
+    # Compact (no indent): the C encoder, a million flows in seconds; pipe into jq to read.
     return json.dumps({"generated": m.now, "stale_after_s": m.stale_after_s,
                        "nodes": [{"name": n, "registered": n in m.registered}
                                  for n in m.nodes],
-                       "flows": as_records(m), "never_measured": missing}, indent=1)
+                       "flows": as_records(m), "never_measured": missing},
+                      separators=(",", ":"))
 
 
 CSV_FIELDS = ("src", "dst", "state", "bits_per_second", "median_bits_per_second", "ratio",
@@ -353,10 +375,10 @@ def _watch(env, out, sort: str, show_all: bool, stale_after: float | None) -> in
                 _wait_for_update(pubsub, timeout=None)
         with Live(console=out, screen=True, auto_refresh=False) as live:
             while True:
-                height = out.height
                 matrix = load(env, stale_after)
-                shown = max(0, height - len(matrix.nodes) - 10)
-                live.update(render(matrix, out.width, sort, show_all, min(shown, SHOWN_PROBLEMS)),
+                rows = min(len(matrix.nodes), max(5, out.height - 16))
+                problems = min(SHOWN_PROBLEMS, max(0, out.height - rows - 10))
+                live.update(render(matrix, out.width, sort, show_all, problems, rows),
                             refresh=True)
                 _wait_for_update(pubsub, timeout=REDRAW_S)
     except KeyboardInterrupt:
