@@ -198,9 +198,11 @@ class Terminal:
                           timeout, what=f"{text!r} on the screen")
 
     def exit_status(self) -> int:
-        wait_until(lambda: self.tmux("display-message", "-p", "-t", "t", "#{pane_dead}"
-                                     ).strip() == "1", 15, what="the command to exit")
-        return int(self.tmux("display-message", "-p", "-t", "t", "#{pane_dead_status}"))
+        """The command's exit status, as tmux writes it in the dead pane (tmux 3.3 leaves
+        #{pane_dead_status} empty)."""
+        found = wait_until(lambda: re.search(r"Pane is dead \(status (\d+)", self.screen()),
+                           15, what="the command to exit")
+        return int(found.group(1))
 
 
 def test_matrix_watch_in_a_terminal_redraws_when_a_result_arrives(cluster, mesh_cycle):

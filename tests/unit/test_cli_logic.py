@@ -181,7 +181,7 @@ def test_a_low_flow_says_since_when_it_is_low():
     m = matrix.build({("h3", "h7"): low}, {"h3", "h7"}, NOW, 600)
     assert m.cell("h3", "h7").state == "slow"
     [line] = matrix.problem_lines(m, None)
-    assert "low since" in line and "(5m)" in line and "previous 4 samples" in line
+    assert "low since" in line and "(5m)" in line and "(4 before)" in line
 
 
 def test_an_empty_history_written_by_lua_as_an_object_reads_as_none():

@@ -320,7 +320,7 @@ def result_table(result: dict[str, Any]):
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
     table.add_column("direction", no_wrap=True)
     for column, justify in ( ("rate", "right"), ("status", "left"),
-                            ("retransmits", "right"), ("cpu local / remote", "right"),
+                            ("retransmits", "right"), ("cpu local/remote", "right"),
                             ("jitter", "right"), ("loss", "right"), ("started", "left")):
         table.add_column(column, justify=justify)
     for direction in DIRECTIONS:

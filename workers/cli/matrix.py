@@ -259,9 +259,10 @@ def legend(m: Matrix) -> str:
 def problem_lines(m: Matrix, limit: int | None) -> list[str]:
     lines = []
     problems = m.problems()
+    width = max([len(c.src) + len(c.dst) + 4 for c in problems[:limit]] + [0])
     for cell in problems[:limit]:
         f = cell.flow
-        route = f"{cell.src} -> {cell.dst}"
+        route = f"{cell.src} -> {cell.dst}".ljust(width)
         last_good = (f"last good {ui.rate(f.bps)} {ui.age(m.now - f.good_at)} ago"
                      if f.good_at else "never measured ok")
         if cell.state == "failed":
@@ -273,13 +274,13 @@ def problem_lines(m: Matrix, limit: int | None) -> list[str]:
             detail = (f"stale: newest test {ui.age(cell.age_s)} ago ({f.status}"
                       f"{', ' + f.reason if f.reason else ''}); {last_good}")
         else:
-            detail = (f"{ui.rate(f.bps)} = {cell.ratio:.0%} of its median "
-                      f"{ui.rate(f.median_bps)} (previous {len(f.recent) - 1} samples)")
+            detail = (f"{ui.rate(f.bps)}, {cell.ratio:.0%} of its median "
+                      f"{ui.rate(f.median_bps)} ({len(f.recent) - 1} before)")
             if f.low_since:
                 detail += (f", low since {ui.clock(f.low_since)} "
                            f"({ui.age(m.now - f.low_since)})")
-            detail += f"; measured {ui.age(cell.age_s)} ago"
-        lines.append(f"  {route:<24} {detail}")
+            detail += f", measured {ui.age(cell.age_s)} ago"
+        lines.append(f"  {route} {detail}")
     if limit is not None and len(problems) > limit:
         lines.append(f"  … and {len(problems) - limit} more (--json or --csv lists every flow)")
     return lines
@@ -300,11 +301,11 @@ def render(m: Matrix, width: int, sort: str, show_all: bool, problem_limit: int 
         parts.append(Text(f"not shown: {columns_left} destination column(s), {rows_left} "
                           f"source row(s) (worst first above); --all pages them, --json / "
                           f"--csv list every flow", style="yellow"))
-    parts.append(Text(legend(m), style="dim"))
+    parts.append(Text(legend(m), style="dim", no_wrap=True, overflow="ellipsis"))
     lines = problem_lines(m, problem_limit)
     if lines:
         parts.append(Text("needs a look (worst first):"))
-        parts.extend(Text(line) for line in lines)
+        parts.extend(Text(line, no_wrap=True, overflow="ellipsis") for line in lines)
     return Group(*parts)
 
 
