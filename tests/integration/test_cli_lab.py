@@ -163,16 +163,28 @@ def test_matrix_output_closed_early_by_the_reader_is_not_a_traceback(cluster, me
         assert "Traceback" not in stderr and "BrokenPipe" not in stderr, (args, stderr)
 
 
+# Runs the command as its child on the same terminal, then shows its exit status and stays, so
+# the screen can be read after the command ended. Ctrl-C reaches the command (the whole
+# foreground group gets it; the wrapper only ignores it for itself, by a handler the command
+# does not inherit).
+_WRAPPER = ("import signal, subprocess, sys, time\n"
+            "signal.signal(signal.SIGINT, lambda *_: None)\n"
+            "status = subprocess.call(sys.argv[1:])\n"
+            "print(f'[exit {status}]', flush=True)\n"
+            "time.sleep(300)\n")
+
+
 class Terminal:
-    """A command under a real terminal: a tmux session on a private server socket, kept on
-    screen after the command exits; the server is killed on leaving."""
+    """A command under a real terminal: a tmux session on a private server socket; the
+    server is killed on leaving."""
 
     def __init__(self, env, argv: list[str], width: int = 150, height: int = 45, **extra):
         self.socket = f"cbw-{uuid.uuid4().hex[:8]}"
         exports = {k: v for k, v in _env(dict(env, **extra)).items()
                    if k.startswith(("CBANDWIDTH_", "PATH", "NO_COLOR"))}
-        self.argv = ["env", *(f"{k}={v}" for k, v in exports.items()), "TERM=xterm-256color",
-                     CLI, *argv]
+        self.argv = [sys.executable, "-c", _WRAPPER, "env",
+                     *(f"{k}={v}" for k, v in exports.items()), "TERM=xterm-256color", CLI,
+                     *argv]
         self.size = (str(width), str(height))
 
     def tmux(self, *args: str) -> str:
@@ -183,7 +195,7 @@ class Terminal:
 
     def __enter__(self):
         self.tmux("new-session", "-d", "-s", "t", "-x", self.size[0], "-y", self.size[1],
-                  *self.argv, ";", "set-option", "-w", "-t", "t", "remain-on-exit", "on")
+                  *self.argv)
         return self
 
     def __exit__(self, *exc):
@@ -197,11 +209,10 @@ class Terminal:
         return wait_until(lambda: (lambda s: s if text in s else None)(self.screen(colours)),
                           timeout, what=f"{text!r} on the screen")
 
-    def exit_status(self) -> int:
-        """The command's exit status, as tmux writes it in the dead pane (tmux 3.3 leaves
-        #{pane_dead_status} empty)."""
-        found = wait_until(lambda: re.search(r"Pane is dead \(status (\d+)", self.screen()),
-                           15, what="the command to exit")
+    def exit_status(self, timeout: float = 30) -> int:
+        """The command's exit status, once it has exited."""
+        found = wait_until(lambda: re.search(r"\[exit (-?\d+)\]", self.screen()), timeout,
+                           what="the command to exit")
         return int(found.group(1))
 
 
