@@ -77,8 +77,11 @@ def test_test_command_shows_queue_lock_holder_each_direction_then_the_table(clus
     blocker = app.send_task("tasks.measure", queue="node.h2", kwargs={
         "target": lab.host("h3").address, "name": "h3", "length": 3,
         "directions": "download"})
-    wait_until(lambda: redis.get("cbw:lock:node:h3"), 30, interval=0.05, what="h3's lock")
-    run = cli(env, "test", "h1", "h3", "--length", "1")
+    try:
+        wait_until(lambda: redis.get("cbw:lock:node:h3"), 30, interval=0.05, what="h3's lock")
+        run = cli(env, "test", "h1", "h3", "--length", "1")
+    finally:
+        blocker.get(timeout=30)
     assert run.returncode == 0, run.stderr
     progress = run.stderr.splitlines()
     order = _stamps(progress, r"queued on node\.h1", r"started on agent@h1",
@@ -94,7 +97,6 @@ def test_test_command_shows_queue_lock_holder_each_direction_then_the_table(clus
     wait = float(re.search(r"lock wait ([\d.]+) s on node:h1", run.stdout).group(1))
     assert wait > 0.5 and "agent h1" in run.stdout
     assert "\x1b[" not in run.stdout + run.stderr  # piped: no colour
-    blocker.get(timeout=30)
 
 
 def test_test_json_is_exactly_what_celery_result_prints(cluster):
@@ -241,14 +243,16 @@ def test_test_in_a_terminal_shows_live_progress_and_ctrl_c_revokes_a_queued_test
     # h1's agent is busy with a 3 s test, so the operator's test waits in h1's queue.
     blocker = app.send_task("tasks.measure", queue="node.h1", kwargs={
         "target": lab.host("h2").address, "name": "h2", "length": 3, "directions": "download"})
-    wait_until(lambda: redis.get("cbw:lock:node:h1"), 30, interval=0.05, what="h1 busy")
-    with Terminal(env, ["test", "h1", "h3", "--length", "1"], height=20) as terminal:
-        terminal.wait_for("queued on node.h1", timeout=15)
-        terminal.tmux("send-keys", "-t", "t", "C-c")
-        screen = terminal.wait_for("revoked before it started", timeout=15)
-        task_id = re.search(r"test ([0-9a-f-]{36}) revoked", screen).group(1)
-        assert terminal.exit_status() == 130
-    blocker.get(timeout=30)
+    try:
+        wait_until(lambda: redis.get("cbw:lock:node:h1"), 30, interval=0.05, what="h1 busy")
+        with Terminal(env, ["test", "h1", "h3", "--length", "1"], height=20) as terminal:
+            terminal.wait_for("queued on node.h1", timeout=15)
+            terminal.tmux("send-keys", "-t", "t", "C-c")
+            screen = terminal.wait_for("revoked before it started", timeout=15)
+            task_id = re.search(r"test ([0-9a-f-]{36}) revoked", screen).group(1)
+            assert terminal.exit_status() == 130
+    finally:
+        blocker.get(timeout=30)
     # The agent drops the revoked message when it reaches it: the test never runs.
     wait_until(lambda: app.AsyncResult(task_id).state == "REVOKED", 30, what="REVOKED")
     assert not redis.get("cbw:lock:node:h3")

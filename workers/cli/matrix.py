@@ -301,7 +301,7 @@ def render(m: Matrix, width: int, sort: str, show_all: bool, problem_limit: int 
         parts.append(Text(f"not shown: {columns_left} destination column(s), {rows_left} "
                           f"source row(s) (worst first above); --all pages them, --json / "
                           f"--csv list every flow", style="yellow"))
-    parts.append(Text(legend(m), style="dim", no_wrap=True, overflow="ellipsis"))
+    parts.append(Text(legend(m), style="dim"))
     lines = problem_lines(m, problem_limit)
     if lines:
         parts.append(Text("needs a look (worst first):"))
