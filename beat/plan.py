@@ -37,6 +37,7 @@ class Plan:
     strategy: str
     jobs: tuple[Job, ...]
     expected_s: float     # how long the cycle should take at most, in seconds
+    lower_bound_s: float = 0.0  # how long it takes at least: its sequential tests' lengths
 
     def ttl_s(self, interval_s: int) -> int:
         """Seconds the cycle guard lives: twice the expected length plus one interval, so a
@@ -54,8 +55,9 @@ def star(settings: Settings) -> Plan:
     for i, t in enumerate(settings.perf_servers):
         jobs.append(Job(f"s{i}", queue, {"target": t.address, "name": t.name, "mode": "star"},
                         (f"s{i - 1}",) if i else ()))
-    return Plan("star", tuple(jobs),
-                len(jobs) * _job_seconds(settings, len(settings.directions)))
+    directions = len(settings.directions)
+    return Plan("star", tuple(jobs), len(jobs) * _job_seconds(settings, directions),
+                len(jobs) * directions * settings.poll_length_s)
 
 
 def aggregate(settings: Settings, nodes: Sequence[dict[str, Any]]) -> Plan:
@@ -68,8 +70,9 @@ def aggregate(settings: Settings, nodes: Sequence[dict[str, Any]]) -> Plan:
                             {"target": collector.address, "name": name, "mode": "aggregate"},
                             # a node tests its collectors one after the other
                             (f"a{len(jobs) - 1}",) if c else ()))
-    return Plan("aggregate", tuple(jobs),
-                len(collectors) * _job_seconds(settings, len(settings.directions)))
+    directions = len(settings.directions)
+    return Plan("aggregate", tuple(jobs), len(collectors) * _job_seconds(settings, directions),
+                len(collectors) * directions * settings.poll_length_s)
 
 
 def from_rounds(strategy: str, rounds: Sequence[Sequence[Pair]],
@@ -107,7 +110,8 @@ def from_rounds(strategy: str, rounds: Sequence[Sequence[Pair]],
                     after = no_wait
                 jobs.append(make(Job, (job_id, queues[client], against[server], after)))
                 last[client] = last[server] = job_id
-    return Plan(strategy, tuple(jobs), len(rounds) * _job_seconds(settings, 2))
+    return Plan(strategy, tuple(jobs), len(rounds) * _job_seconds(settings, 2),
+                len(rounds) * 2 * settings.poll_length_s)
 
 
 def mesh(settings: Settings, nodes: Sequence[dict[str, Any]], cycle: int) -> Plan:

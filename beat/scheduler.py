@@ -55,7 +55,9 @@ def emit_cycle(app, r, settings: config.Settings, now: float | None = None,
         return None
     ttl = cycle_plan.ttl_s(settings.poll_interval_s)
     holder, ready = cycles.begin(r, cycle_id, cycle_plan.jobs, ttl,
-                                 meta={"strategy": cycle_plan.strategy, "number": number})
+                                 meta={"strategy": cycle_plan.strategy, "number": number,
+                                       "nodes": len(nodes), "interval_s": settings.poll_interval_s,
+                                       "lower_bound_s": cycle_plan.lower_bound_s})
     if holder is not None:
         log.warning("cycle: previous cycle %s still running; this one is skipped (overlap)",
                     holder)

@@ -68,6 +68,25 @@ def start_result_handler(lab: Lab, env: Mapping[str, str | None], *,
     return process
 
 
+def start_nodes(lab: Lab, env: Mapping[str, str | None], hosts: list[str] | None = None, *,
+                timeout: float = 60) -> tuple[dict[str, LabProcess], LabProcess]:
+    """A node agent in each of `hosts` (default: every host) and the result handler, started
+    together; returns (agents by host, handler) once all are ready and every agent is in the
+    registry."""
+    from lab.process import wait_for
+    from workers import registry, store
+
+    names = hosts or [h.name for h in lab.hosts]
+    agents = {h: start_agent(lab, h, env, wait=False) for h in names}
+    handler = start_result_handler(lab, env, wait=False)
+    for process in [*agents.values(), handler]:
+        process.wait_for_log(r"ready\.", timeout=timeout)
+    redis = store.client(lab.redis.url)
+    wait_for(lambda: {n["name"] for n in registry.nodes(redis)} >= set(names), 30,
+             "every agent in the registry")
+    return agents, handler
+
+
 def start_beat(lab: Lab, env: Mapping[str, str | None], *, name: str = "beat") -> LabProcess:
     """`celery -A workers beat` in the root namespace."""
     return lab.spawn(None, name, [CELERY, "-A", "workers", "beat", "-l", "info"],

@@ -13,9 +13,10 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 1
 fi
 
+# tmux: the CLI tests drive the live views (`cloud-bandwidth matrix --watch`) under a real terminal.
 packages=(iperf3 iperf netperf redis-server graphite-carbon graphite-web gunicorn iproute2 procps
           podman buildah debootstrap runc iptables netavark aardvark-dns catatonit uidmap
-          fuse-overlayfs util-linux tar)
+          fuse-overlayfs util-linux tar tmux)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -15,7 +15,8 @@ from typing import Any
 from celery.exceptions import Retry
 
 from beat import cycles
-from workers import app, config, health, jobs, ledger, locks, metrics, registry, runners, store
+from workers import (app, config, health, jobs, ledger, locks, metrics, progress, registry,
+                     runners, store)
 from workers.carbon import CarbonUnavailable
 from workers.defaults import (HAND_OVER_BACKOFF_CAP, HAND_OVER_RETRIES, LOCK_BACKOFF_CAP,
                               LOCK_SLACK, RESULTS_QUEUE)
@@ -127,8 +128,9 @@ def _measure_exclusively(task, request, settings, redis, task_id, attempt) -> di
                                     target=request.target, port=request.port, mode=request.mode,
                                     peer=peer, aggregate_limit=settings.aggregate_max)
     ttl_ms = int(1000 * (request.longest_run_s(settings.timeout_margin_s) + LOCK_SLACK))
+    report = progress.Reporter(task, redis, settings.node_name)
     lease = locks.acquire(redis, resources, ttl_ms, settings.lock_wait_s,
-                          owner=f"{task_id}:{attempt}")
+                          owner=f"{task_id}:{attempt}", on_wait=report.waiting)
     if lease is None:
         tries = task.request.retries
         if tries < settings.lock_retries:
@@ -141,7 +143,7 @@ def _measure_exclusively(task, request, settings, redis, task_id, attempt) -> di
                             f"resources {', '.join(resources.names)} stayed busy through "
                             f"{tries + 1} waits of {settings.lock_wait_s} s")
     try:
-        result = jobs.measure(request, settings, runners.run)
+        result = jobs.measure(request, settings, runners.run, on_direction=report.running)
     finally:
         expired, doubt = _lock_outcome(redis, lease)
     result["lock"] = dict(lease.summary(), expired=expired, requeued=task.request.retries)

@@ -15,22 +15,24 @@ from typing import Any
 import redis
 
 from beat import cycles
-from workers import registry
+from workers import flows, registry
 from workers.metrics import FLOW_MODES, line, sanitize
 from workers.store import key
 
 NEWEST = key("flows", "newest-good")
 """Hash "<src> <dst>" → unix time of the newest good sample of that flow."""
+LAST_CYCLE = key("cycle", "last")
+"""Hash: the report of the last cycle that finished (for `cloud-bandwidth status`)."""
 
 
 def note_result(r: redis.Redis, result: dict[str, Any]) -> None:
-    """Remember the newest good sample of each flow a mesh/sampled result measured."""
-    if result.get("mode") not in FLOW_MODES or not result.get("peer") or \
-            (result.get("lock") or {}).get("expired"):
+    """Remember each flow's latest state (workers.flows, for `cloud-bandwidth matrix`) and the
+    newest good sample of each flow a mesh/sampled result measured."""
+    flows.note(r, result)
+    if (result.get("lock") or {}).get("expired"):
         return
-    node, peer = result["node"], result["peer"]
-    for direction, (src, dst) in (("download", (node, peer)), ("upload", (peer, node))):
-        measured = result.get(direction) or {}
+    for direction, src, dst in flows.directions(result):
+        measured = result[direction]
         if measured.get("status") == "ok":
             field = f"{src} {dst}"
             previous = float(r.hget(NEWEST, field) or 0)
@@ -59,6 +61,11 @@ def cycle_lines(r: redis.Redis, cycle_id: str, settings: Any, now: float | None 
         line(f"{base}.cycle.{strategy}.coverage", round(measured / planned, 4) if planned else 0,
              ts),
     ]
+    r.hset(LAST_CYCLE, mapping={
+        "id": cycle_id, "strategy": meta.get("strategy", "cycle"), "planned": planned,
+        "measured": measured, "coverage": round(measured / planned, 4) if planned else 0,
+        "started": started, "finished": now, "duration_s": round(duration, 3),
+        "lower_bound_s": meta.get("lower_bound_s", ""), "outcomes": json.dumps(outcomes)})
     for outcome, count in sorted(outcomes.items()):
         if outcome.startswith("failed:"):
             reason = outcome.split(":", 1)[1]

@@ -165,13 +165,18 @@ def describe(direction: str, request: Request, node: str, outcome: DirectionResu
 
 
 def measure(request: Request, settings: config.Settings,
-            run: Callable[[TestSpec], DirectionResult]) -> dict[str, Any]:
+            run: Callable[[TestSpec], DirectionResult],
+            on_direction: Callable[..., None] | None = None) -> dict[str, Any]:
     """Run the request's directions one after the other (download first, as the original) and
-    return the JSON result: status, and per direction an object with bits_per_second."""
+    return the JSON result: status, and per direction an object with bits_per_second.
+
+    `on_direction(direction, index, count, length_s, done)` is called before each direction
+    (index from 1; `done` holds the directions measured so far)."""
     outcomes: dict[str, DirectionResult] = {}
-    for direction in DIRECTIONS:
-        if direction not in request.directions:
-            continue
+    planned = [d for d in DIRECTIONS if d in request.directions]
+    for index, direction in enumerate(planned, 1):
+        if on_direction is not None:
+            on_direction(direction, index, len(planned), request.length_s, dict(outcomes))
         outcome = _run_direction(run, request.spec(direction, settings.timeout_margin_s))
         outcomes[direction] = outcome
         text = describe(direction, request, settings.node_name, outcome)

@@ -20,6 +20,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import redis
 
@@ -96,8 +97,11 @@ def try_acquire(r: redis.Redis, resources: Resources, owner: str,
 
 
 def acquire(r: redis.Redis, resources: Resources, ttl_ms: int, wait_s: float,
-            owner: str | None = None) -> Lease | None:
-    """Take every resource within `wait_s` seconds (woken by releases), or return None."""
+            owner: str | None = None,
+            on_wait: Callable[[str, float], None] | None = None) -> Lease | None:
+    """Take every resource within `wait_s` seconds (woken by releases), or return None.
+
+    `on_wait(busy resource, seconds waited so far)` is called before each wait."""
     owner = owner or uuid.uuid4().hex
     started = time.monotonic()
     deadline = started + wait_s
@@ -108,6 +112,8 @@ def acquire(r: redis.Redis, resources: Resources, ttl_ms: int, wait_s: float,
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return None
+        if on_wait is not None:
+            on_wait(busy, time.monotonic() - started)
         # BLPOP takes whole or fractional seconds; a slice keeps us within the deadline.
         r.blpop([wake_key(busy)], timeout=max(0.01, min(WAKE_SLICE_S, remaining)))
 

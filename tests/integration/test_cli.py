@@ -47,3 +47,38 @@ def test_config_reads_a_dotenv_file_in_the_working_directory(tmp_path):
     assert settings["poll_interval_s"].strip() == "42"
     assert settings["node_name"].strip() == "from-dotenv"
     assert "hunter2" not in run.stdout and "***" in settings["redis_url"]
+
+
+COMMANDS = [["config"], ["nodes"], ["test", "h1", "h2"], ["matrix"], ["matrix", "--watch"],
+            ["status"], ["lab"]]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c))
+def test_every_command_has_help_with_an_example(tmp_path, command):
+    run = _run([str(BIN / "cloud-bandwidth"), command[0], "--help"], tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert "Example" in run.stdout and f"cloud-bandwidth {command[0]}" in run.stdout
+
+
+@pytest.mark.parametrize("command", [c for c in COMMANDS if c[0] not in ("config", "lab")],
+                         ids=lambda c: " ".join(c))
+def test_redis_unreachable_is_one_line_and_exit_3(tmp_path, command):
+    # Port 1 on loopback: nothing listens there, the connection is refused at once.
+    run = _run([str(BIN / "cloud-bandwidth"), *command], tmp_path,
+               CBANDWIDTH_REDIS_URL="redis://:pw@127.0.0.1:1/0")
+    assert run.returncode == 3, run.stdout + run.stderr
+    assert run.stderr.count("\n") == 1 and "cannot reach Redis at redis://:***@127.0.0.1:1/0" \
+        in run.stderr
+    assert "Traceback" not in run.stderr and "pw@" not in run.stderr
+
+
+@pytest.mark.parametrize("command", [["config"], ["--help"], ["test", "--help"]],
+                         ids=lambda c: " ".join(c))
+def test_a_reader_that_closes_the_pipe_early_gets_no_traceback(tmp_path, command):
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("CBANDWIDTH_")}
+    with subprocess.Popen([str(BIN / "cloud-bandwidth"), *command], env=clean,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path) as process:
+        process.stdout.close()  # as `| head -1` does once it has what it wants
+        stderr = process.stderr.read().decode()
+        assert process.wait(timeout=60) != 0
+    assert stderr == ""

@@ -34,14 +34,8 @@ def mesh_cluster():
         env = stack.base_env(lab, CBANDWIDTH_POLL_LENGTH="1", CBANDWIDTH_TIMEOUT_MARGIN="2",
                              CBANDWIDTH_HEARTBEAT_INTERVAL="1", CBANDWIDTH_POLL_INTERVAL="3600",
                              CBANDWIDTH_SCHEDULE="mesh")
-        agents = {h: stack.start_agent(lab, h, env, wait=False) for h in HOSTS}
-        handler = stack.start_result_handler(lab, env, wait=False)
-        for process in [*agents.values(), handler]:
-            process.wait_for_log(r"ready\.", timeout=60)
-        redis = store.client(lab.redis.url)
-        wait_until(lambda: len(list(redis.scan_iter("cbw:node:*"))) == len(HOSTS), 30,
-                   what="every agent in the registry")
-        yield lab, stack.client(lab), agents, env, redis
+        agents, _ = stack.start_nodes(lab, env, HOSTS)
+        yield lab, stack.client(lab), agents, env, store.client(lab.redis.url)
     finally:
         lab.close()
 
