@@ -88,11 +88,14 @@ def _sample_age_lines(r: redis.Redis, cycle_id: str, base: str, now: float) -> l
     with every pair ever measured."""
     registered = {node["name"] for node in registry.nodes(r)}
     newest = r.hgetall(NEWEST)
-    departed = [flow for flow in newest if not registered.issuperset(flow.split(" ", 1))]
-    for start in range(0, len(departed), 10_000):
-        r.hdel(NEWEST, *departed[start:start + 10_000])
-    for flow in departed:
-        del newest[flow]
+    for table, fields in ((NEWEST, list(newest)), (flows.LATEST, r.hkeys(flows.LATEST))):
+        # Both tables are keyed "<src> <dst>" by node name: the matrix forgets a departed node
+        # at the same moment the sample ages do.
+        departed = [flow for flow in fields if not registered.issuperset(flow.split(" ", 1))]
+        for start in range(0, len(departed), 10_000):
+            r.hdel(table, *departed[start:start + 10_000])
+    newest = {flow: at for flow, at in newest.items()
+              if registered.issuperset(flow.split(" ", 1))}
     lines = []
     for src, dst in sorted(_planned_flows(r, cycle_id)):
         if f"{src} {dst}" in newest:

@@ -137,13 +137,15 @@ def test_a_cycle_ended_by_the_watchdog_keeps_only_what_its_report_reads(env):
 def test_the_report_covers_this_cycles_pairs_and_departed_nodes_leave_the_flow_table(env):
     from beat import cycles
     from beat.plan import Job
-    from workers import health
+    from workers import flows, health
 
     register(env.redis, "a", "b", "c")
     now = 10_000.0
     env.redis.hset(health.NEWEST, mapping={
         "a b": now - 10, "b a": now - 20, "a c": now - 300, "c a": now - 30,
         "gone a": now - 5000, "a gone": now - 4000})
+    # The matrix's table (workers.flows) is keyed the same way and pruned at the same moment.
+    env.redis.hset(flows.LATEST, mapping={"a b": "{}", "gone a": "{}", "a gone": "{}"})
     jobs = [Job("j1", "node.a", {"target": "198.18.0.2", "peer": "b", "mode": "sampled"})]
     cycles.begin(env.redis, "c1", jobs, 600, meta={"strategy": "sampled"})
     lines = health.cycle_lines(env.redis, "c1", env.settings, now=now)
@@ -152,3 +154,4 @@ def test_the_report_covers_this_cycles_pairs_and_departed_nodes_leave_the_flow_t
                     "bandwidth.scheduler.sample_age_s.b.a 20",
                     "bandwidth.scheduler.sample_age_s_max 300"]  # not the departed 5000
     assert sorted(env.redis.hkeys(health.NEWEST)) == ["a b", "a c", "b a", "c a"]
+    assert env.redis.hkeys(flows.LATEST) == ["a b"]
