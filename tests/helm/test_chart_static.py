@@ -202,11 +202,19 @@ def test_config_change_rolls_the_pods():
 def test_dashboards_ship_as_sidecar_configmaps(rendered):
     dashboards = sorted(chart.CHART.glob("files/dashboards/*.json"))
     maps = chart.find(rendered["default"], "ConfigMap", "dashboards")
+    assert dashboards, "no dashboards in helm/cloud-bandwidth/files/dashboards (grafana branch)"
     assert len(maps) == len(dashboards)
     for cm in maps:
         assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
         ((name, text),) = cm["data"].items()
         assert json.loads(text) == json.loads((chart.CHART / "files/dashboards" / name).read_text())
+    alerts = chart.find(rendered["default"], "ConfigMap", "alerts")
+    assert len(alerts) == len(list(chart.CHART.glob("files/alerting/*.yaml")))
+    for cm in alerts:
+        assert cm["metadata"]["labels"]["grafana_alert"] == "1"
+        ((name, text),) = cm["data"].items()
+        assert yaml.safe_load(text) == yaml.safe_load(
+            (chart.CHART / "files/alerting" / name).read_text())
     (ds,) = chart.find(rendered["bundled-graphite"], "ConfigMap", "datasource")
     assert ds["metadata"]["labels"]["grafana_datasource"] == "1"
     source = yaml.safe_load(ds["data"]["cloud-bandwidth-datasource.yaml"])["datasources"][0]
