@@ -2,6 +2,10 @@
 # Installs the system packages the lab, the tests and the demo need (Debian 12, as root).
 # Idempotent: a second run installs nothing new. netperf lives in Debian's non-free component,
 # so a deb822 entry for it is added beside the existing main entry (same URI and keyring).
+# The container tests (tests/containers) need podman and its helpers: runc (crun refuses this
+# machine's cgroup set-up), iptables (netavark fails without the binary), debootstrap (the
+# stand-in base image). podman's containers.conf for these machines is written by the test
+# harness itself (tests/containers/harness.py, configure_podman), idempotently.
 set -euo pipefail
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -9,7 +13,9 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 1
 fi
 
-packages=(iperf3 iperf netperf redis-server graphite-carbon graphite-web gunicorn iproute2 procps)
+packages=(iperf3 iperf netperf redis-server graphite-carbon graphite-web gunicorn iproute2 procps
+          podman buildah debootstrap runc iptables netavark aardvark-dns catatonit uidmap
+          fuse-overlayfs util-linux tar)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -1,0 +1,1 @@
+from tests.containers.fixtures import app_image, podman, podman_service  # noqa: F401
