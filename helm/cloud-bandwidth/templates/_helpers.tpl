@@ -160,6 +160,9 @@ seccompProfile:
       name: {{ $secret }}
       key: {{ .Values.redis.auth.existingSecretKey }}
 {{- end }}
+# Touched by the process's event loop; `python -m workers.healthcheck` reads its age.
+- name: CBANDWIDTH_HEALTH_FILE
+  value: /tmp/cloud-bandwidth.alive
 - name: PYTHONDONTWRITEBYTECODE
   value: "1"
 - name: TMPDIR
