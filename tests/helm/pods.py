@@ -15,9 +15,11 @@ Kept small and explicit. What is honoured, field by field:
   mounts, ``capabilities`` drop / add, ``allowPrivilegeEscalation: false`` →
   ``no-new-privileges``, ``privileged`` (must be false), ``seccompProfile: RuntimeDefault`` →
   podman's default profile.
-- ``volumes``: ``emptyDir`` → a tmpfs of mode 0777 (an emptyDir's mode) and its ``sizeLimit``;
-  ``configMap`` / ``secret`` → their files (``items`` honoured), mounted read-only; a
-  StatefulSet's ``volumeClaimTemplates`` → a tmpfs as well (no storage provisioner here).
+- ``volumes``: ``emptyDir`` → an empty directory of mode 0777 owned by group ``fsGroup``, as
+  the kubelet makes it (its ``sizeLimit``, enforced by eviction, is not); ``configMap`` /
+  ``secret`` → their files (``items`` honoured), mounted read-only; a StatefulSet's
+  ``volumeClaimTemplates`` → a directory of group ``fsGroup``, mode 2775, as a provisioned
+  volume after the kubelet applied fsGroup (it lives as long as the test).
 - ``resources.limits.memory`` → ``--memory``.
 - Each Service's name → a network alias of the containers its selector matches, provided the
   Service's port is the container port (no kube-proxy to remap ports here).
@@ -30,6 +32,7 @@ probes run periodically (the test runs each exec probe itself), CPU limits, Serv
 from __future__ import annotations
 
 import base64
+import os
 import re
 import tempfile
 from dataclasses import dataclass, field
@@ -159,6 +162,14 @@ class Cluster:
         directory.chmod(0o755)
         return directory
 
+    def _node_dir(self, pod: Pod, name: str, mode: int) -> Path:
+        directory = Path(tempfile.mkdtemp(prefix=f"{pod.name}-{name}-", dir=self.workdir))
+        fs_group = pod.spec.get("securityContext", {}).get("fsGroup")
+        if fs_group is not None:
+            os.chown(directory, 0, fs_group)
+        directory.chmod(mode)
+        return directory
+
     def _mounts(self, pod: Pod, container: dict[str, Any]) -> list[str]:
         volumes = {v["name"]: v for v in pod.spec.get("volumes", [])}
         options = []
@@ -166,15 +177,15 @@ class Cluster:
             name, path = mount["name"], mount["mountPath"]
             volume = volumes.get(name)
             if volume is None and name in pod.claims:
-                volume = {"name": name, "emptyDir": {}}    # a claim: no provisioner here
+                # A claim template: a directory of the "node", as a provisioner's volume.
+                options += ["-v", f"{self._node_dir(pod, name, 0o2775)}:{path}"]
+                continue
             if volume is None:
                 raise Unsupported(f"volume {name} is neither in the pod nor a claim template")
             if "emptyDir" in volume:
-                tmpfs = f"type=tmpfs,destination={path},tmpfs-mode=0777"
-                limit = (volume["emptyDir"] or {}).get("sizeLimit")
-                if limit:
-                    tmpfs += f",tmpfs-size={memory_bytes(limit)}"
-                options += ["--mount", tmpfs]
+                # As the kubelet makes one: an empty directory of mode 0777, group fsGroup.
+                # (Not a podman tmpfs: podman gives it the image directory's owner and mode.)
+                options += ["-v", f"{self._node_dir(pod, name, 0o2777)}:{path}"]
             elif "configMap" in volume:
                 files = self._files(pod, volume["configMap"] | {"name": name},
                                     self.config_maps[volume["configMap"]["name"]])

@@ -17,7 +17,8 @@ What of the spec this cannot honour, and why (also listed in tests/helm/pods.py)
   Recreate / RollingUpdate strategies, ServiceAccounts: no scheduler or controllers here.
 - Probes are not run periodically by a kubelet: the test runs each exec probe itself.
 - CPU limits (cgroup v1 without CPU controller delegation to podman here); memory limits are
-  applied. PersistentVolumeClaims become tmpfs (no provisioner): persistence is not tested.
+  applied. PersistentVolumeClaims become a directory of the test (no provisioner): persistence
+  across pod restarts is not tested.
 - Services: their names resolve (network aliases), but there is no ClusterIP / kube-proxy, so a
   Service must not remap ports (checked).
 - The zone label: Kubernetes ≥ 1.33 with PodTopologyLabelsAdmission copies the node's
@@ -187,7 +188,8 @@ def test_rendered_pods_measure_a_mesh_and_pass_helm_test(podman_service, app_ima
         pytest.fail(f"mesh series in carbon: {sorted(seen)}, expected {sorted(flows)}\n{logs}")
     # Measured, never faked: every flow is a real rate (the pods share one bridge).
     assert all(rate > 1e6 for rate in seen.values()), seen
-    statuses = carbon_series(svc, graphite, "bandwidth.status.mesh.*.*.*")
+    statuses = [s for target in ("bandwidth.status.mesh.*.*", "bandwidth.status.mesh.*.*.*")
+                for s in carbon_series(svc, graphite, target)]
     assert statuses and all(v == 0 for s in statuses for v, _ in s["datapoints"]
                             if v is not None), statuses
 
