@@ -16,7 +16,7 @@ from types import SimpleNamespace
 from celery.beat import Scheduler
 
 from beat import cycles, plan
-from workers import config, metrics, registry, store
+from workers import config, liveness, metrics, registry, store
 from workers.defaults import RESULTS_QUEUE
 from workers.store import key
 
@@ -95,6 +95,7 @@ class CycleScheduler(Scheduler):
         settings = config.get()
         if time.monotonic() >= self._next_watch:
             self._next_watch = time.monotonic() + settings.heartbeat_interval_s
+            liveness.touch(settings)  # beat's liveness for its container health check
             try:
                 skip_vanished(self.app, store.client(), settings)
             except Exception as exc:  # Redis away: the next tick tries again

@@ -9,7 +9,10 @@ from celery import Celery
 app = Celery("cloud-bandwidth")
 app.config_from_object("workers.celeryconfig")
 
-# Node-agent parts: the registry heartbeat (a consumer bootstep) and the test servers.
-from workers import agent  # noqa: E402
+# Node-agent parts: the registry heartbeat (a consumer bootstep) and the test servers; and the
+# liveness file container health checks read (workers.liveness; only with
+# CBANDWIDTH_HEALTH_FILE set).
+from workers import agent, liveness  # noqa: E402
 
 agent.install(app)
+liveness.install(app)

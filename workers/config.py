@@ -15,7 +15,7 @@ from typing import Callable, Mapping
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from workers import defaults
-from workers.hosts import validate_target
+from workers.hosts import own_address, validate_target
 from workers.measurement import PROTOCOLS, TOOLS
 
 PREFIX = "CBANDWIDTH_"
@@ -87,6 +87,7 @@ class Settings:
     carbon_retry_max_s: int = defaults.CARBON_RETRY_MAX
     visibility_timeout_s: int = defaults.VISIBILITY_TIMEOUT
     heartbeat_interval_s: int = defaults.HEARTBEAT_INTERVAL
+    health_file: str | None = None
     debug: bool = False
     sources: dict[str, str] = field(default_factory=dict, compare=False)
 
@@ -205,6 +206,15 @@ def _prefix(reader: _Reader, name: str, default: str) -> str:
     return raw
 
 
+def _health_file(reader: _Reader, name: str) -> str | None:
+    raw = reader.raw(name)
+    if not raw:
+        return None
+    if not os.path.isabs(raw) or "\0" in raw:
+        raise ConfigError(name, f"must be an absolute file path, got {raw!r}")
+    return raw
+
+
 def _port(reader: _Reader, name: str, default: int) -> int:
     return _int(reader, name, default, 1, 65535)
 
@@ -296,7 +306,15 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         raise ConfigError("NODE_NAME", "must be letters, digits, '.', '_' or '-' "
                                        f"(it names the node's queue), got {node_name!r}")
     node_address = r.raw(p + "NODE_ADDRESS") or None
-    if node_address:
+    if node_address and node_address.lower() == "auto":
+        # `auto`: the address this host's name resolves to — in a container its address on
+        # the container network, so scaled replicas each register one the others can reach.
+        try:
+            node_address = own_address()
+        except ValueError as exc:
+            raise ConfigError(p + "NODE_ADDRESS", f"auto: {exc}; set the address this node "
+                                                  "is reached at") from None
+    elif node_address:
         try:
             node_address = validate_target(node_address)
         except ValueError as exc:
@@ -402,6 +420,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         visibility_timeout_s=visibility,
         heartbeat_interval_s=_int(r, p + "HEARTBEAT_INTERVAL", defaults.HEARTBEAT_INTERVAL,
                                   1, 3600),
+        health_file=_health_file(r, p + "HEALTH_FILE"),
         debug=_bool(r, p + "DEBUG", False),
         sources=dict(r.seen),
     )

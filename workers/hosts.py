@@ -11,7 +11,7 @@ import ipaddress
 import re
 import socket
 
-__all__ = ["validate_target", "ip_version"]
+__all__ = ["validate_target", "ip_version", "own_address"]
 
 #: Longest DNS name in its text form, without a trailing dot (RFC 1035 2.3.4 / RFC 1123 2.1).
 MAX_NAME_LENGTH = 253
@@ -103,3 +103,26 @@ def _inet_aton_accepts(text: str) -> bool:
 
 def _shorten(text: str, limit: int = 80) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
+
+
+def own_address(hostname: str | None = None) -> str:
+    """The first address this host's name (``socket.gethostname()``, or ``hostname``) resolves
+    to that other hosts could reach: not loopback, not link-local. In a container that is the
+    container's address on its network (the runtime writes it into /etc/hosts); on a host it is
+    whatever /etc/hosts or DNS says.
+
+    Raises ValueError when the name does not resolve, or resolves only to loopback / link-local
+    addresses (Debian maps the host name to 127.0.1.1 by default).
+    """
+    name = hostname or socket.gethostname()
+    try:
+        infos = socket.getaddrinfo(name, None, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise ValueError(f"this host's name {name!r} does not resolve ({exc})") from None
+    found = [info[4][0] for info in infos]
+    for text in found:
+        address = ipaddress.ip_address(text.split("%", 1)[0])
+        if not (address.is_loopback or address.is_link_local or address.is_unspecified):
+            return str(address)
+    raise ValueError(f"this host's name {name!r} resolves only to "
+                     f"{', '.join(dict.fromkeys(found))}, which other nodes cannot reach")

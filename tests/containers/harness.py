@@ -662,11 +662,13 @@ class Compose:
 
     def containers(self, service: str | None = None) -> list[str]:
         """Ids of this project's containers (of one service), running or not."""
-        argv = ["ps", "-a", "-q", "--no-trunc", "--filter",
-                f"label=com.docker.compose.project={self.project}"]
-        if service:
-            argv += ["--filter", f"label=com.docker.compose.service={service}"]
-        return self.service.podman(*argv).stdout.split()
+        # One label filter only: whether podman ANDs or ORs repeated filters varies by version.
+        listing = self.service.podman(
+            "ps", "-a", "--no-trunc", "--filter",
+            f"label=com.docker.compose.project={self.project}",
+            "--format", '{{.ID}} {{index .Labels "com.docker.compose.service"}}').stdout
+        rows = [line.split() for line in listing.splitlines() if line.strip()]
+        return [row[0] for row in rows if service is None or row[1:] == [service]]
 
     def resources(self) -> dict[str, list[str]]:
         """This project's containers, networks and volumes podman still has."""
