@@ -285,6 +285,11 @@ def test_schema_rejects_bad_values(case, tmp_path):
 def test_template_errors_name_the_missing_setting():
     with pytest.raises(helm_python.HelmError, match="redis.external.url / redis.external.host"):
         chart.render({"redis": {"bundled": {"enabled": False}}})
+    with pytest.raises(helm_python.HelmError, match="needs networkPolicy.agentPeers"):
+        chart.render({"networkPolicy": {"enabled": True}})
+    with pytest.raises(helm_python.HelmError, match="does not start with rediss://"):
+        chart.render({"redis": {"bundled": {"enabled": False}, "external": {
+            "url": "redis://r:6379/0", "tls": {"enabled": True}}}})
 
 
 # --- checkov ------------------------------------------------------------------------------
