@@ -10,19 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import start_lab
 from workers import flows, health, store
 
 CLI = str(Path(sys.executable).with_name("cloud-bandwidth"))
 
 
-@pytest.fixture(scope="module")
-def redis_url():
-    lab = start_lab(hosts=0, redis=True)
-    try:
-        yield lab.redis.url
-    finally:
-        lab.close()
+@pytest.fixture
+def redis_url(redis_server):
+    """The session's private redis-server (tests/integration/conftest.py)."""
+    return redis_server.url
 
 
 @pytest.fixture
