@@ -153,6 +153,7 @@ class Lab:
         self._started = False
         self._closing = False
         self._closed = False
+        self._on_close: list[Callable[[], object]] = []
 
     # --- prerequisites ---------------------------------------------------------------------
 
@@ -238,6 +239,10 @@ class Lab:
             self.graphite.start()
             self.timings["graphite"] = time.monotonic() - began
 
+    def on_close(self, callback: Callable[[], object]) -> None:
+        """Call ``callback`` first thing when the lab closes, while its services still run."""
+        self._on_close.append(callback)
+
     def close(self, raise_errors: bool = True) -> None:
         """Tear everything down, in order: spawned processes, test servers, graphite-web,
         carbon, Redis, then hosts (processes, qdiscs, veths, namespaces) and the bridge, then
@@ -249,6 +254,12 @@ class Lab:
             return
         self._closing = True
         errors: list[str] = []
+        # Clients of this lab's services let go first, while Redis still answers (on_close).
+        for callback in self._on_close:
+            try:
+                callback()
+            except Exception as exc:  # noqa: BLE001 - teardown goes on whatever happens
+                errors.append(f"on close: {exc}")
 
         def step(what: str, action: Callable[[], object]) -> None:
             try:

@@ -98,5 +98,18 @@ def client(lab: Lab) -> Celery:
     app = Celery("lab-client", broker=lab.redis.url, backend=lab.redis.url)
     app.conf.update(task_serializer="json", result_serializer="json", accept_content=["json"],
                     result_accept_content=["json"], broker_connection_retry_on_startup=True,
-                    task_create_missing_queues=True)
+                    task_create_missing_queues=True,
+                    # A client that outlives its lab must fail fast, not wait on a TCP connect
+                    # to an address that is gone.
+                    redis_socket_connect_timeout=2)
+    lab.on_close(lambda: _detach_results(app))
     return app
+
+
+def _detach_results(app: Celery) -> None:
+    """Close the client's result subscription while the lab's Redis still runs. An AsyncResult
+    collected later (tests keep them in frames and reference cycles) then has nothing to
+    unsubscribe from, instead of reconnecting to a Redis that has gone."""
+    consumer = app.backend.result_consumer
+    consumer.stop()
+    consumer._pubsub = None  # Celery's own: cancel_for() unsubscribes only while it is set
