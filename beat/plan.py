@@ -59,7 +59,7 @@ class SampledRate(NamedTuple):
         return self.rounds / self.spread
 
 
-def test_bytes_bound(settings: Settings) -> int:
+def bytes_per_test(settings: Settings) -> int:
     """The most bytes one sampled test moves through either of its nodes' links: both
     directions (a sampled test always measures both) of CBANDWIDTH_POLL_LENGTH seconds at
     CBANDWIDTH_LINK_CAPACITY, the data direction at line rate (TCP's acknowledgements the
@@ -75,7 +75,7 @@ def sampled_rate(settings: Settings, n_nodes: int) -> SampledRate:
     hour), and the guaranteed maximum sample age that follows.
 
     Per cycle a node may move A = B·I/3600 bytes; a round puts it in at most one test of at
-    most T bytes (test_bytes_bound), so a cycle affords ⌊A/T⌋ rounds: q = min(k, ⌊A/T⌋, R).
+    most T bytes (bytes_per_test), so a cycle affords ⌊A/T⌋ rounds: q = min(k, ⌊A/T⌋, R).
     Below one round a cycle (⌊A/T⌋ = 0) one round is spread over m = ⌈T/A⌉ cycles, each
     running the pairs p ≡ c (mod m) of it: a node is in one test every m cycles. Either way
     a node's worst-case traffic per cycle, averaged over the cycles, stays within A: the budget
@@ -85,7 +85,7 @@ def sampled_rate(settings: Settings, n_nodes: int) -> SampledRate:
     k = settings.sample_peers
     tournament = tournament_size(n_nodes)
     budget = settings.traffic_budget_bytes_per_hour
-    per_test = test_bytes_bound(settings)
+    per_test = bytes_per_test(settings)
     rounds, spread = k, 1
     if budget is not None and per_test > 0:
         # ⌊A/T⌋ with A = B·I/3600 and T = per_test, without fractions

@@ -11,6 +11,7 @@ import re
 import socket
 import sys
 from dataclasses import dataclass, field, fields
+from decimal import Decimal
 from typing import Callable, Mapping
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -251,7 +252,7 @@ def parse_bytes(text: str) -> int:
                          f"like 2%: {text!r}")
     number, unit, binary = match.groups()
     scale = (1024 if binary else 1000) ** _BYTE_POWERS[unit.upper()] if unit else 1
-    value = int(float(number) * scale)
+    value = int(Decimal(number) * scale)   # exact: 4611686019GB is 4611686019·10⁹ bytes
     if value <= 0:
         raise ValueError(f"must be positive: {text!r}")
     return value
