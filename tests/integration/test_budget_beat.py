@@ -150,9 +150,13 @@ def test_status_shows_the_guaranteed_age(budgeted):
     shown = subprocess.run([str(BIN / "cloud-bandwidth"), "status"], env=run_env,
                            capture_output=True, text=True, timeout=60)
     assert "Traceback" not in shown.stderr
-    row = next(line for line in shown.stdout.splitlines() if line.startswith("sampled"))
+    lines = shown.stdout.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("sampled"))
+    row, budget_row = lines[at], lines[at + 1]
     assert "guaranteed max sample age 17,106 s" in row and "57 cycles of 1 round over 3 cycles" \
-        in row and "traffic budget 1.2 GB/h per node (budget-limited)" in row, row
+        in row, row
+    assert "traffic budget 1.2 GB/h per node (budget-limited): at most 250 MB per node per 3 " \
+        "cycles, 300 MB allowed" in budget_row, budget_row
     report = json.loads(subprocess.run([str(BIN / "cloud-bandwidth"), "status", "--json"],
                                        env=run_env, capture_output=True, text=True,
                                        timeout=60).stdout)

@@ -126,25 +126,26 @@ def _fmt_failures(failures: dict[str, int]) -> str:
     return ", ".join(f"{reason} {count}" for reason, count in failures.items()) or "none"
 
 
-def _fmt_sampled(rate: dict[str, Any]) -> str:
-    """The sampled schedule's guarantee: how old a pair's sample can get, and why."""
+def _fmt_sampled(rate: dict[str, Any]) -> list[str]:
+    """The sampled schedule's guarantee (how old a pair's sample can get, and why), and the
+    traffic budget behind it when one is set."""
     if rate["spread"] > 1:
         pace = f"1 round over {rate['spread']} cycles"
     else:
         pace = f"{rate['rounds']} round{'s' if rate['rounds'] != 1 else ''} a cycle"
-    text = (f"every pair within {ui.age(rate['guaranteed_max_age_s'])} (guaranteed max sample "
+    rows = [f"every pair within {ui.age(rate['guaranteed_max_age_s'])} (guaranteed max sample "
             f"age {rate['guaranteed_max_age_s']:,.0f} s: {rate['window_cycles']} cycles of "
-            f"{pace}, {rate['nodes']} nodes)")
+            f"{pace}, {rate['nodes']} nodes)"]
     budget = rate["budget_bytes_per_hour"]
     if budget is not None:
         limited = " (budget-limited)" if (rate["rounds"] < rate["sample_peers"]
                                           or rate["spread"] > 1) else ""
         spread = rate["spread"]
         per = "cycle" if spread == 1 else f"{spread} cycles"
-        text += (f"; traffic budget {_bytes(budget)}/h per node{limited}: at most "
-                 f"{_bytes(rate['cycle_bytes'])} per node per {per}, "
-                 f"{_bytes((rate['allowance_bytes'] or 0) * spread)} allowed")
-    return text
+        rows.append(f"traffic budget {_bytes(budget)}/h per node{limited}: at most "
+                    f"{_bytes(rate['cycle_bytes'])} per node per {per}, "
+                    f"{_bytes((rate['allowance_bytes'] or 0) * spread)} allowed")
+    return rows
 
 
 def _bytes(n: float | None) -> str:
@@ -200,7 +201,8 @@ def render(report: dict[str, Any], problems: list[str], max_age_s: float):
     else:
         grid.add_row("oldest sample", "no mesh flow measured between registered nodes")
     if report.get("sampled"):
-        grid.add_row("sampled", _fmt_sampled(report["sampled"]))
+        for title, row in zip(("sampled", ""), _fmt_sampled(report["sampled"])):
+            grid.add_row(title, row)
     agents = report["agents"]
     grid.add_row("agents", f"{len(agents['registered'])} registered "
                            f"(heartbeat every {agents['heartbeat_interval_s']} s)")
