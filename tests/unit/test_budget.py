@@ -305,3 +305,26 @@ def test_1000_nodes_in_10_zones_under_a_budget_of_one_round_every_two_cycles():
     assert (rate.rounds, rate.spread, rate.window_cycles) == (1, 2, 1998)
     rate, seen = _check_cycles(s, nodes, rate.window_cycles)
     _check_ages(rate, seen, n * (n - 1) // 2, rate.window_cycles)
+
+
+@hsettings(max_examples=150, deadline=None)
+@given(zones=st.lists(st.sampled_from(["a", "b", "c", "d", None]), min_size=2, max_size=41),
+       k=st.integers(1, 7))
+def test_any_zoning_every_epoch_runs_each_pair_once_cross_zone_first(zones, k):
+    """Any zone labels (None: unlabelled), any k < R: the first R rounds of the rotation (one
+    epoch) hold every pair exactly once, each round pairs disjoint nodes, and their cross-zone
+    counts never increase."""
+    pairs = [(f"n{i:02d}", zone) for i, zone in enumerate(zones)]
+    zone = dict(pairs)
+    rounds_total = tournament_size(len(pairs))
+    if k >= rounds_total:
+        return                                  # the full mesh every cycle: nothing to order
+    cycles = -(-rounds_total // k)
+    rounds = [r for c in range(cycles) for r in sampled_rounds(pairs, k, c)][:rounds_total]
+    seen = [frozenset((p.client, p.server)) for r in rounds for p in r]
+    assert len(seen) == len(set(seen)) == len(pairs) * (len(pairs) - 1) // 2
+    for r in rounds:
+        nodes = [n for p in r for n in (p.client, p.server)]
+        assert len(nodes) == len(set(nodes))
+    cross = _cross(rounds, zone)
+    assert all(a >= b for a, b in zip(cross, cross[1:])), cross
