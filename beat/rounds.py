@@ -301,7 +301,8 @@ def _cross_zone_order(labels: tuple[str | None, ...]) -> Sequence[int]:
     rotation from a multiple of R) the rounds come in non-increasing order of cross-zone
     pairs, so the first t rounds of an epoch hold as many cross-zone pairs as any t rounds of
     the tournament can, at least t/R of them all. Counting costs O(N²) slice comparisons
-    (about 40 ms for 1,000 nodes), once per node set: beat keeps the last few."""
+    (about 10 ms for 1,000 nodes, 0.2 s for 5,000), once per node set: beat keeps the
+    last few."""
     rounds = tournament_size(len(labels))
     if len(set(labels)) < 2:
         return range(rounds)
