@@ -30,6 +30,10 @@ GUARD = key("cycle", "guard")
 OVERLAPS = key("cycle", "overlaps")
 INTERVAL = key("cycle", "interval")
 """Taken by the beat that starts an interval's cycle, for a little less than one interval."""
+SAMPLED_RATE = key("sampled", "rate")
+"""A hash: the sampled schedule's rate and guaranteed sample age as beat last planned it
+(beat.scheduler.note_rate; `cloud-bandwidth status` shows it). One key, overwritten at each
+sampled cycle's start."""
 _ADVANCE = (Path(__file__).with_name("cycle_advance.lua")).read_text()
 _PARTS = ("jobs", "deps", "succ", "remaining", "done", "stats", "dispatched", "meta",
           "sent")

@@ -5,7 +5,9 @@ earlier tests each one waits for. Deterministic for a given registry and cycle n
   at once, odd N gets a bye); one test per pair measures both directions, so each cycle covers
   every ordered pair's flow. A test waits only for the previous test of each of its two nodes.
 - sampled: for large clusters, k tournament rounds per cycle in rotation (every pair within a
-  stated number of cycles), zone-aware (beat.rounds).
+  stated number of cycles), zone-aware (beat.rounds). Under CBANDWIDTH_TRAFFIC_BUDGET fewer
+  rounds, or one round spread over several cycles (sampled_rate): the cycle stretches, the
+  budget holds.
 - star (the original's Scenario 2): one poller tests every CBANDWIDTH_PERF_SERVERS target in
   turn, download then upload: each job waits for the one before. On CBANDWIDTH_POLLER's queue
   when set, else on the shared queue (whichever node agent is free).
@@ -18,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Sequence
 
-from beat.rounds import Pair, gc_paused, mesh_rounds, sampled_rounds
+from beat.rounds import Pair, gc_paused, mesh_rounds, sampled_rounds, tournament_size
 from workers.config import Settings
 from workers.defaults import SHARED_QUEUE
 
@@ -32,12 +34,82 @@ class Job(NamedTuple):
     after: tuple[str, ...] = ()     # ids of the jobs that must finish first
 
 
+class SampledRate(NamedTuple):
+    """How much of the tournament a sampled cycle runs, and what that guarantees.
+
+    A cycle runs ``rounds`` (q) consecutive tournament rounds; with ``spread`` (m) > 1 it runs
+    a 1/m share of one round instead (q = 1), so a round takes m cycles. Every pair is measured
+    at least once in any ``window_cycles`` (W = ⌈R·m/q⌉) consecutive cycles, and a pair's
+    newest good sample is never older than ``guaranteed_max_age_s`` = W·I + E (I the poll
+    interval, E the cycle's expected length): its next test starts at most W intervals after
+    the cycle of its previous one, and ends within that cycle's expected length. Holds while
+    the node set is unchanged, no cycle is skipped as an overlap, and the tests succeed.
+    """
+
+    rounds: int                  # q: tournament rounds a cycle runs (≤ k, ≤ R)
+    spread: int                  # m: cycles one round is spread over (1: whole rounds)
+    window_cycles: int           # W: cycles in which every pair is measured at least once
+    guaranteed_max_age_s: float  # W·I + E
+    cycle_bytes: int | None      # worst-case test bytes per node per cycle (None: no budget)
+    allowance_bytes: float | None  # budget per node per cycle, B·I/3600 (None: no budget)
+
+    @property
+    def peers_per_cycle(self) -> float:
+        """Tests per node per cycle, on average: q, or 1/m for a spread round."""
+        return self.rounds / self.spread
+
+
+def bytes_per_test(settings: Settings) -> int:
+    """The most bytes one sampled test moves through either of its nodes' links: both
+    directions (a sampled test always measures both) of CBANDWIDTH_POLL_LENGTH seconds at
+    CBANDWIDTH_LINK_CAPACITY, the data direction at line rate (TCP's acknowledgements the
+    other way and the tool's control connection are not counted). 0 without a capacity."""
+    return _SAMPLED_DIRECTIONS * settings.poll_length_s * (settings.link_capacity_bps or 0) // 8
+
+
+_SAMPLED_DIRECTIONS = 2
+
+
+def sampled_rate(settings: Settings, n_nodes: int) -> SampledRate:
+    """Rounds per cycle for N nodes under CBANDWIDTH_TRAFFIC_BUDGET (B bytes per node per
+    hour), and the guaranteed maximum sample age that follows.
+
+    Per cycle a node may move A = B·I/3600 bytes; a round puts it in at most one test of at
+    most T bytes (bytes_per_test), so a cycle affords ⌊A/T⌋ rounds: q = min(k, ⌊A/T⌋, R).
+    Below one round a cycle (⌊A/T⌋ = 0) one round is spread over m = ⌈T/A⌉ cycles, each
+    running the pairs p ≡ c (mod m) of it: a node is in one test every m cycles. Either way
+    a node's worst-case traffic per cycle, averaged over the cycles, stays within A: the budget
+    is an hourly rate never exceeded, and the cycle stretches instead (W grows). All in whole
+    numbers: no rounding can let it through. No budget: q = k (as always), m = 1.
+    """
+    k = settings.sample_peers
+    tournament = tournament_size(n_nodes)
+    budget = settings.traffic_budget_bytes_per_hour
+    per_test = bytes_per_test(settings)
+    rounds, spread = k, 1
+    if budget is not None and per_test > 0:
+        # ⌊A/T⌋ with A = B·I/3600 and T = per_test, without fractions
+        afford = budget * settings.poll_interval_s // (3600 * per_test)
+        if afford >= 1:
+            rounds = min(k, afford)
+        else:
+            rounds, spread = 1, -(-3600 * per_test // (budget * settings.poll_interval_s))
+    rounds = max(1, min(rounds, tournament))
+    window = -(-tournament * spread // rounds) if tournament else 0
+    expected = (rounds if tournament else 0) * _job_seconds(settings, _SAMPLED_DIRECTIONS)
+    return SampledRate(
+        rounds, spread, window, float(window * settings.poll_interval_s + expected),
+        None if budget is None else rounds * per_test,
+        None if budget is None else budget * settings.poll_interval_s / 3600)
+
+
 @dataclass(frozen=True)
 class Plan:
     strategy: str
     jobs: tuple[Job, ...]
     expected_s: float     # how long the cycle should take at most, in seconds
     lower_bound_s: float = 0.0  # how long it takes at least: its sequential tests' lengths
+    rate: SampledRate | None = None  # sampled: its rate and guaranteed sample age
 
     def ttl_s(self, interval_s: int) -> int:
         """Seconds the cycle guard lives: twice the expected length plus one interval, so a
@@ -123,8 +195,14 @@ def sampled(settings: Settings, nodes: Sequence[dict[str, Any]], cycle: int) -> 
     by_name = {n["name"]: n for n in nodes}
     zones = [(name, node.get("labels", {}).get(settings.zone_label))
              for name, node in by_name.items()]
-    return from_rounds("sampled", sampled_rounds(zones, settings.sample_peers, cycle),
-                       by_name, settings)
+    rate = sampled_rate(settings, len(by_name))
+    if rate.spread == 1:
+        rounds = sampled_rounds(zones, rate.rounds, cycle)
+    else:  # round ⌊c/m⌋ of the rotation, its pairs p ≡ c (mod m): each node once in m cycles
+        rounds = [pairs[cycle % rate.spread::rate.spread]
+                  for pairs in sampled_rounds(zones, 1, cycle // rate.spread)]
+    built = from_rounds("sampled", rounds, by_name, settings)
+    return Plan(built.strategy, built.jobs, built.expected_s, built.lower_bound_s, rate)
 
 
 def plan_cycle(settings: Settings, nodes: Sequence[dict[str, Any]], cycle: int = 0) -> Plan:

@@ -43,7 +43,8 @@ def emit_cycle(app, r, settings: config.Settings, now: float | None = None,
     nodes = registry.nodes(r)
     number = int(r.get(CYCLE_NUMBER) or 0)
     cycle_plan = plan.plan_cycle(settings, nodes, number)
-    if not cycle_plan.jobs:
+    resting = not cycle_plan.jobs and cycle_plan.rate is not None and len(nodes) >= 2
+    if not cycle_plan.jobs and not resting:
         raise NothingToMeasure(
             f"schedule {settings.schedule}: " + (
                 f"{len(nodes)} node agent(s) registered" if settings.schedule in
@@ -53,6 +54,12 @@ def emit_cycle(app, r, settings: config.Settings, now: float | None = None,
     if started is not None:
         log.info("cycle: this interval's cycle was started by another beat (%s)", started)
         return None
+    if resting:  # the traffic budget spreads a round thinner than this cycle's share of it
+        r.incr(CYCLE_NUMBER)
+        note_rate(app, r, settings, cycle_plan.rate, len(nodes), now)
+        log.info("cycle #%d rests: the traffic budget spreads a round over %d cycles and this "
+                 "cycle's share of it is empty", number, cycle_plan.rate.spread)
+        return None
     ttl = cycle_plan.ttl_s(settings.poll_interval_s)
     holder, ready = cycles.begin(r, cycle_id, cycle_plan.jobs, ttl,
                                  meta={"strategy": cycle_plan.strategy, "number": number,
@@ -61,14 +68,39 @@ def emit_cycle(app, r, settings: config.Settings, now: float | None = None,
     if holder is not None:
         log.warning("cycle: previous cycle %s still running; this one is skipped (overlap)",
                     holder)
-        app.send_task("tasks.publish_lines", queue=RESULTS_QUEUE, args=[[metrics.line(
-            f"{settings.scheduler_prefix}.cycle.overlap", 1, now)]])
+        send_lines(app, [metrics.line(f"{settings.scheduler_prefix}.cycle.overlap", 1, now)])
         return None
     r.incr(CYCLE_NUMBER)
+    if cycle_plan.rate is not None:
+        note_rate(app, r, settings, cycle_plan.rate, len(nodes), now)
     cycles.send(app, cycle_id, ready, r)
     log.info("cycle %s (#%d): %d %s job(s) planned, %d sent", cycle_id, number,
              len(cycle_plan.jobs), cycle_plan.strategy, len(ready))
     return cycle_id
+
+
+def send_lines(app, lines: list[str]) -> None:
+    """Beat's own series (scheduler health) to the result handler: the one place beat sends
+    lines, so where they go is decided here."""
+    app.send_task("tasks.publish_lines", queue=RESULTS_QUEUE, args=[lines])
+
+
+def note_rate(app, r, settings: config.Settings, rate: plan.SampledRate, nodes: int,
+              now: float) -> None:
+    """At a sampled cycle's start: its rate and guaranteed sample age, as series
+    (`<prefix>.sampled.guaranteed_max_age_s`, `.peers_per_cycle`) and in Redis for status."""
+    prefix = f"{settings.scheduler_prefix}.sampled"
+    send_lines(app, [metrics.line(f"{prefix}.guaranteed_max_age_s", rate.guaranteed_max_age_s,
+                                  now),
+                     metrics.line(f"{prefix}.peers_per_cycle", rate.peers_per_cycle, now)])
+    budget = settings.traffic_budget_bytes_per_hour
+    r.hset(cycles.SAMPLED_RATE, mapping={
+        "at": now, "nodes": nodes, "interval_s": settings.poll_interval_s,
+        "sample_peers": settings.sample_peers, "rounds": rate.rounds, "spread": rate.spread,
+        "window_cycles": rate.window_cycles, "guaranteed_max_age_s": rate.guaranteed_max_age_s,
+        "budget_bytes_per_hour": "" if budget is None else budget,
+        "cycle_bytes": "" if rate.cycle_bytes is None else rate.cycle_bytes,
+        "allowance_bytes": "" if rate.allowance_bytes is None else rate.allowance_bytes})
 
 
 def skip_vanished(app, r, settings: config.Settings) -> int:

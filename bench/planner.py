@@ -26,7 +26,8 @@ from collections.abc import Callable
 
 from beat import plan
 from beat.plan import Plan
-from beat.rounds import Pair, max_sample_age_cycles, mesh_rounds, sampled_rounds
+from beat.rounds import (Pair, _cross_zone_order, max_sample_age_cycles, mesh_rounds,
+                         sampled_rounds)
 from bench import common
 from bench.common import command_line
 from workers.config import load
@@ -75,6 +76,11 @@ def cases() -> list[tuple[str, str, Callable[[int], list[list[Pair]]]]]:
         (f"`sampled_rounds`, {SAMPLED_NODES:,} nodes, {len(ZONES)} zones, k = {SAMPLED_K}",
          f"max sample age {max_sample_age_cycles(SAMPLED_NODES, SAMPLED_K):,} cycles",
          lambda cycle: sampled_rounds(sampled_nodes, SAMPLED_K, cycle)),
+        # A node set beat has not planned before (a join or leave): the rounds' cross-zone
+        # order is counted again, O(N²), instead of coming from the cache.
+        (f"`sampled_rounds`, {SAMPLED_NODES:,} nodes, {len(ZONES)} zones, k = {SAMPLED_K}, "
+         "new node set", "cross-zone order counted each call",
+         lambda cycle: _uncached(sampled_nodes, cycle)),
         # What beat really does each cycle: the rounds plus one job per pair with its
         # dependencies (beat.plan), before they are stored in Redis.
         (f"`beat.plan.mesh`, {MESH_NODES:,} nodes", "jobs with dependencies",
@@ -83,6 +89,11 @@ def cases() -> list[tuple[str, str, Callable[[int], list[list[Pair]]]]]:
          "jobs with dependencies",
          lambda cycle: plan.sampled(SETTINGS, _registry(sampled_nodes), cycle)),
     ]
+
+
+def _uncached(nodes, cycle: int) -> list[list[Pair]]:
+    _cross_zone_order.cache_clear()
+    return sampled_rounds(nodes, SAMPLED_K, cycle)
 
 
 def _registry(nodes) -> list[dict]:

@@ -11,6 +11,7 @@ import re
 import socket
 import sys
 from dataclasses import dataclass, field, fields
+from decimal import Decimal
 from typing import Callable, Mapping
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -87,6 +88,8 @@ class Settings:
     carbon_retry_max_s: int = defaults.CARBON_RETRY_MAX
     visibility_timeout_s: int = defaults.VISIBILITY_TIMEOUT
     heartbeat_interval_s: int = defaults.HEARTBEAT_INTERVAL
+    traffic_budget_bytes_per_hour: int | None = None   # sampled: None = no budget
+    link_capacity_bps: int | None = None
     health_file: str | None = None
     debug: bool = False
     sources: dict[str, str] = field(default_factory=dict, compare=False)
@@ -232,6 +235,64 @@ def parse_rate(text: str) -> int:
     return value
 
 
+# --- traffic budget (CBANDWIDTH_TRAFFIC_BUDGET, CBANDWIDTH_LINK_CAPACITY) ---------------------
+
+_BYTES = re.compile(r"^(\d+(?:\.\d+)?)\s*(?:([kKMGTP])(i?)B?|B)?$")
+_SHARE = re.compile(r"^(\d+(?:\.\d+)?)\s*%$")
+_BYTE_POWERS = {"K": 1, "M": 2, "G": 3, "T": 4, "P": 5}
+
+
+def parse_bytes(text: str) -> int:
+    """'50GB' → 50·10⁹, '200GiB' → 200·2³⁰, '1.5T' → 1.5·10¹² bytes, '4096' → 4096 bytes:
+    k/M/G/T/P are powers of 1000, Ki/Mi/Gi/Ti/Pi powers of 1024, the B optional. A lowercase
+    b (bits) is refused rather than guessed."""
+    match = _BYTES.match(text.strip())
+    if not match:
+        raise ValueError(f"not an amount of bytes like 50GB, 200GiB or 1.5T, nor a share "
+                         f"like 2%: {text!r}")
+    number, unit, binary = match.groups()
+    scale = (1024 if binary else 1000) ** _BYTE_POWERS[unit.upper()] if unit else 1
+    value = int(Decimal(number) * scale)   # exact: 4611686019GB is 4611686019·10⁹ bytes
+    if value <= 0:
+        raise ValueError(f"must be positive: {text!r}")
+    return value
+
+
+def _traffic_budget(reader: _Reader, schedule: str) -> tuple[int | None, int | None]:
+    """(bytes per node per hour, link capacity in bits/s), both None without a budget.
+
+    The budget is either bytes (parse_bytes) or a share of the link capacity (`2%`: the node's
+    test traffic averages at most 2 % of its link). Either way the planner needs the capacity:
+    it is the only bound on a test's rate that holds whatever the network does (a flow's last
+    measured rate can be beaten by the next test), so the budget cannot be exceeded."""
+    budget_var, capacity_var = PREFIX + "TRAFFIC_BUDGET", PREFIX + "LINK_CAPACITY"
+    raw_capacity = reader.raw(capacity_var)
+    try:
+        capacity = parse_rate(raw_capacity) if raw_capacity else None
+    except ValueError as exc:
+        raise ConfigError(capacity_var, f"{exc} (bits per second of a node's link)") from None
+    raw = reader.raw(budget_var)
+    if not raw:
+        return None, capacity
+    if schedule != "sampled":
+        raise ConfigError(budget_var, f"applies to the sampled schedule only, "
+                                      f"CBANDWIDTH_SCHEDULE is {schedule}")
+    if capacity is None:
+        raise ConfigError(budget_var, "needs CBANDWIDTH_LINK_CAPACITY (bits per second, e.g. "
+                                      "10G): a test's traffic is bounded by the link's rate")
+    share = _SHARE.match(raw)
+    if share:
+        percent = float(share.group(1))
+        if not 0 < percent <= 100:
+            raise ConfigError(budget_var, f"a share must be above 0 % and at most 100 %, "
+                                          f"got {raw!r}")
+        return int(percent / 100 * capacity / 8 * 3600), capacity
+    try:
+        return parse_bytes(raw), capacity
+    except ValueError as exc:
+        raise ConfigError(budget_var, f"{exc} (bytes per node per hour)") from None
+
+
 def parse_targets(text: str) -> tuple[Target, ...]:
     """Parse `addr[:name],…` as the original did; IPv6 addresses go in brackets
     (`[fd00::1]:name`), a bare IPv6 literal without a name is accepted too.
@@ -374,6 +435,8 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
                           f"must exceed the longest task ({longest_task} s: lock wait + test "
                           f"for CBANDWIDTH_POLL_LENGTH={length}), got {visibility}")
 
+    traffic_budget, link_capacity = _traffic_budget(r, schedule)
+
     poller = r.raw(p + "POLLER") or None
     if poller and not _NODE_NAME.match(poller):
         raise ConfigError(p + "POLLER", f"must be a node name, got {poller!r}")
@@ -420,6 +483,8 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         visibility_timeout_s=visibility,
         heartbeat_interval_s=_int(r, p + "HEARTBEAT_INTERVAL", defaults.HEARTBEAT_INTERVAL,
                                   1, 3600),
+        traffic_budget_bytes_per_hour=traffic_budget,
+        link_capacity_bps=link_capacity,
         health_file=_health_file(r, p + "HEALTH_FILE"),
         debug=_bool(r, p + "DEBUG", False),
         sources=dict(r.seen),

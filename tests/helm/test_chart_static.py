@@ -251,6 +251,8 @@ BAD_VALUES = {
     "unknown server kind": ({"agent": {"serve": ["iperf4"]}}, "/agent/serve/0"),
     "interval not a number": ({"config": {"CBANDWIDTH_POLL_INTERVAL": "5m"}},
                               "/config/CBANDWIDTH_POLL_INTERVAL"),
+    "traffic budget in bits": ({"config": {"CBANDWIDTH_TRAFFIC_BUDGET": "50Gb"}},
+                               "/config/CBANDWIDTH_TRAFFIC_BUDGET"),
     "unknown schedule": ({"config": {"CBANDWIDTH_SCHEDULE": "ring"}},
                          "/config/CBANDWIDTH_SCHEDULE"),
     "port out of range": ({"graphite": {"port": 70000}}, "/graphite/port"),

@@ -112,6 +112,7 @@ def test_sampling_period_is_one_interval_for_a_mesh_and_r_over_k_cycles_when_sam
     assert matrix.sampling_period_s(60, "mesh", 50, 3) == 60
     assert matrix.sampling_period_s(60, "sampled", 50, 3) == 60 * 17   # 49 rounds / 3
     assert matrix.sampling_period_s(60, "sampled", 7, 3) == 60 * 3     # odd: 7 rounds
+    assert matrix.sampling_period_s(60, "sampled", 50, 1, spread=3) == 60 * 147  # budget
 
 
 def _mesh(n: int, bad: tuple[str, str] | None = None) -> matrix.Matrix:

@@ -245,9 +245,9 @@ def test_max_sample_age_cycles():
 
 @pytest.mark.parametrize(("sizes", "k", "aware", "blind"), [
     ((4, 4, 2), 1, 5, 4),
-    ((4, 4, 2), 3, 11, 9),
-    ((10, 10, 10), 3, 39, 30),
-    ((100, 100, 100), 3, 444, 300),
+    ((4, 4, 2), 3, 13, 9),
+    ((10, 10, 10), 3, 44, 30),
+    ((100, 100, 100), 3, 449, 300),
 ])
 def test_zones_raise_cross_zone_pairs_in_the_first_cycle(sizes, k, aware, blind):
     nodes = zoned(sizes)

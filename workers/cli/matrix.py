@@ -60,13 +60,32 @@ class Cell(NamedTuple):
                 -(self.age_s or 0))
 
 
-def sampling_period_s(interval_s: float, schedule: str, nodes: int, sample_peers: int) -> float:
-    """How often each flow is measured: every cycle for a mesh; every ⌈R/k⌉ cycles for the
-    sampled schedule (R tournament rounds: N−1 for even N, N for odd)."""
+def sampling_period_s(interval_s: float, schedule: str, nodes: int, sample_peers: int,
+                      spread: int = 1) -> float:
+    """How often each flow is measured: every cycle for a mesh; every ⌈R·m/k⌉ cycles for the
+    sampled schedule (R tournament rounds: N−1 for even N, N for odd; k rounds a cycle, or
+    one round over m cycles under a traffic budget, beat.plan.sampled_rate)."""
     if schedule != "sampled" or nodes < 2:
         return float(interval_s)
     rounds = nodes - 1 if nodes % 2 == 0 else nodes
-    return float(interval_s) * math.ceil(rounds / max(1, sample_peers))
+    return float(interval_s) * math.ceil(rounds * spread / max(1, sample_peers))
+
+
+def planned_period_s(r, settings, schedule: str, nodes: int,
+                     interval_s: float | None = None) -> float:
+    """sampling_period_s as beat plans it: for the sampled schedule the window beat last
+    recorded (cbw:sampled:rate, which knows beat's traffic budget) while it planned this many
+    nodes, else the rate these settings give."""
+    from beat import cycles, plan
+
+    interval_s = interval_s or settings.poll_interval_s
+    if schedule == "sampled":
+        noted = r.hgetall(cycles.SAMPLED_RATE)
+        if noted and int(noted.get("nodes", -1)) == nodes:
+            return float(noted["interval_s"]) * int(noted["window_cycles"])
+        rate = plan.sampled_rate(settings, nodes)
+        return sampling_period_s(interval_s, schedule, nodes, rate.rounds, rate.spread)
+    return sampling_period_s(interval_s, schedule, nodes, settings.sample_peers)
 
 
 def classify(flow: flows.Flow | None, now: float, stale_after_s: float) -> tuple[str, float | None]:
@@ -147,8 +166,7 @@ def load(env, stale_after: float | None) -> Matrix:
         registered = {n["name"] for n in registry.nodes(redis)}
     if stale_after is None:
         count = len(registered) or len({n for pair in states for n in pair})
-        stale_after = PERIODS_STALE * sampling_period_s(
-            settings.poll_interval_s, settings.schedule, count, settings.sample_peers)
+        stale_after = PERIODS_STALE * planned_period_s(redis, settings, settings.schedule, count)
     return build(states, registered, time.time(), stale_after)
 
 

@@ -13,7 +13,7 @@ from typing import Any
 from beat import cycles
 from workers import flows, health, registry
 from workers.cli import ui
-from workers.cli.matrix import PERIODS_STALE, sampling_period_s
+from workers.cli.matrix import PERIODS_STALE, planned_period_s
 from workers.cli.ui import Exit
 
 GONE_WITHIN_S = 86400
@@ -86,7 +86,17 @@ def gather(r, settings, now: float) -> dict[str, Any]:
     oldest = min(good, key=lambda f: f.good_at) if good else None
     interval = (current or {}).get("interval_s") or settings.poll_interval_s
     schedule = (current or report["last_cycle"] or {}).get("strategy") or settings.schedule
-    period = sampling_period_s(interval, schedule, len(names), settings.sample_peers)
+    period = planned_period_s(r, settings, schedule, len(names), interval)
+    rate = r.hgetall(cycles.SAMPLED_RATE) if schedule == "sampled" else {}
+    report["sampled"] = None if not rate else {
+        "guaranteed_max_age_s": float(rate["guaranteed_max_age_s"]),
+        "window_cycles": int(rate["window_cycles"]), "rounds": int(rate["rounds"]),
+        "spread": int(rate["spread"]), "sample_peers": int(rate["sample_peers"]),
+        "nodes": int(rate["nodes"]), "interval_s": float(rate["interval_s"]),
+        "planned_at": float(rate["at"]),
+        "budget_bytes_per_hour": _int(rate.get("budget_bytes_per_hour")),
+        "cycle_bytes": _int(rate.get("cycle_bytes")),
+        "allowance_bytes": _float(rate.get("allowance_bytes"))}
     report["samples"] = {
         "flows": len(live), "never_good": len(live) - len(good),
         "oldest": None if oldest is None else {
@@ -114,6 +124,37 @@ def verdict(report: dict[str, Any], min_coverage: float, max_age_s: float) -> li
 
 def _fmt_failures(failures: dict[str, int]) -> str:
     return ", ".join(f"{reason} {count}" for reason, count in failures.items()) or "none"
+
+
+def _fmt_sampled(rate: dict[str, Any]) -> list[str]:
+    """The sampled schedule's guarantee (how old a pair's sample can get, and why), and the
+    traffic budget behind it when one is set."""
+    if rate["spread"] > 1:
+        pace = f"1 round over {rate['spread']} cycles"
+    else:
+        pace = f"{rate['rounds']} round{'s' if rate['rounds'] != 1 else ''} a cycle"
+    rows = [f"every pair within {ui.age(rate['guaranteed_max_age_s'])} (guaranteed max sample "
+            f"age {rate['guaranteed_max_age_s']:,.0f} s: {rate['window_cycles']} cycles of "
+            f"{pace}, {rate['nodes']} nodes)"]
+    budget = rate["budget_bytes_per_hour"]
+    if budget is not None:
+        limited = " (budget-limited)" if (rate["rounds"] < rate["sample_peers"]
+                                          or rate["spread"] > 1) else ""
+        spread = rate["spread"]
+        per = "cycle" if spread == 1 else f"{spread} cycles"
+        rows.append(f"traffic budget {_bytes(budget)}/h per node{limited}: at most "
+                    f"{_bytes(rate['cycle_bytes'])} per node per {per}, "
+                    f"{_bytes((rate['allowance_bytes'] or 0) * spread)} allowed")
+    return rows
+
+
+def _bytes(n: float | None) -> str:
+    if n is None:
+        return "?"
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{n:.0f} B"
 
 
 def _bound(elapsed: float | None, bound: float | None) -> str:
@@ -159,6 +200,9 @@ def render(report: dict[str, Any], problems: list[str], max_age_s: float):
                      f"{', ' + str(samples['never_good']) + ' never measured ok' if samples['never_good'] else ''})")
     else:
         grid.add_row("oldest sample", "no mesh flow measured between registered nodes")
+    if report.get("sampled"):
+        for title, row in zip(("sampled", ""), _fmt_sampled(report["sampled"])):
+            grid.add_row(title, row)
     agents = report["agents"]
     grid.add_row("agents", f"{len(agents['registered'])} registered "
                            f"(heartbeat every {agents['heartbeat_interval_s']} s)")
