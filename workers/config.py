@@ -299,6 +299,16 @@ def _redis_url(reader: _Reader) -> str:
             parts.port
     except ValueError:
         raise ConfigError(name, f"bad port in {mask_url(url)!r}") from None
+    if len(parts_list) > 1:
+        # kombu and Celery take the database from the first sentinel's part, but the natural
+        # way to write it is once at the end: every part gets it, so all read the same one.
+        dbs = {p.path.strip("/") for p in parts_list} - {""}
+        if len(dbs) > 1 or not all(db.isdigit() for db in dbs):
+            raise ConfigError(name, f"the sentinels' parts name different or bad databases "
+                                    f"({', '.join(sorted(dbs))}) in {mask_url(url)!r}")
+        db = "/" + dbs.pop() if dbs else ""
+        parts_list = [p._replace(path=db) for p in parts_list]
+        url = ";".join(urlunsplit(p) for p in parts_list)
     password = reader.raw(PREFIX + "REDIS_PASSWORD")
     if password:
         # Kept out of the URL so it can come from a Kubernetes secret on its own. With

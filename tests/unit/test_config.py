@@ -107,15 +107,20 @@ def test_a_sentinel_url_needs_a_valid_master_name_and_is_kept_whole():
               "CBANDWIDTH_REDIS_SENTINEL_MASTER": "my master"})
     s = load({"CBANDWIDTH_REDIS_URL": "sentinel://s1:26379;sentinel://s2:26380/2",
               "CBANDWIDTH_REDIS_SENTINEL_MASTER": "cbw"})
+    # The database written once at the end is put on every part (kombu and Celery read the
+    # first part's).
     assert (s.redis_url, s.redis_sentinel_master) == (
-        "sentinel://s1:26379;sentinel://s2:26380/2", "cbw")
+        "sentinel://s1:26379/2;sentinel://s2:26380/2", "cbw")
+    with pytest.raises(ConfigError, match="^CBANDWIDTH_REDIS_URL: the sentinels' parts name"):
+        load({"CBANDWIDTH_REDIS_URL": "sentinel://s1:26379/1;sentinel://s2:26380/2",
+              "CBANDWIDTH_REDIS_SENTINEL_MASTER": "cbw"})
 
 
 def test_every_password_of_a_sentinel_url_is_masked_in_describe():
     s = load({"CBANDWIDTH_REDIS_URL": "sentinel://s1:26379;sentinel://s2:26380/0",
               "CBANDWIDTH_REDIS_SENTINEL_MASTER": "cbw",
               "CBANDWIDTH_REDIS_PASSWORD": "m4ster pw", "CBANDWIDTH_REDIS_SENTINEL_PASSWORD": "s3nt"})
-    assert s.redis_url == "sentinel://:m4ster%20pw@s1:26379;sentinel://:m4ster%20pw@s2:26380/0"
+    assert s.redis_url == "sentinel://:m4ster%20pw@s1:26379/0;sentinel://:m4ster%20pw@s2:26380/0"
     shown = dict(s.describe())
     assert "m4ster" not in shown["redis_url"] and shown["redis_url"].count("***") == 2
     assert shown["redis_sentinel_password"] == "***"
