@@ -271,7 +271,8 @@ class Sentinel(_Service):
     def _config(self) -> str:
         lines = [f"bind {self.bind}", f"port {self.port}", "protected-mode no",
                  "daemonize no", f'dir "{self.state_dir}"', 'logfile ""',
-                 f"sentinel monitor {self.name} {self.master.bind} {self.master.port} {self.quorum}",
+                 f"sentinel monitor {self.name} {self.master.bind} {self.master.port} "
+                 f"{self.quorum}",
                  f"sentinel down-after-milliseconds {self.name} {self.down_after_ms}",
                  f"sentinel failover-timeout {self.name} {self.failover_timeout_ms}",
                  f"sentinel parallel-syncs {self.name} 1"]

@@ -29,9 +29,11 @@ if urlsplit(_settings.redis_url).scheme == "rediss":
 # password is the master's; the sentinels' own goes in sentinel_kwargs.
 _sentinel_options = {}
 if _settings.redis_sentinel_master:
+    # Timeouts for the sentinel connections too: given sentinel_kwargs, redis-py uses only
+    # these for them, and a sentinel that stopped answering must not hang a lookup.
     _sentinel_options = {"master_name": _settings.redis_sentinel_master,
-                         "sentinel_kwargs": ({"password": _settings.redis_sentinel_password}
-                                             if _settings.redis_sentinel_password else {})}
+                         "sentinel_kwargs": {"socket_timeout": 10, "socket_connect_timeout": 5,
+                                             "password": _settings.redis_sentinel_password}}
 
 # JSON only: a pickled message could run code on every node; it is refused, not deserialised.
 task_serializer = "json"

@@ -106,7 +106,7 @@ def test_each_role_works_with_its_own_acl_user_and_only_that(tmp_path):
                                             and "download" in x), None), 90,
                               what="the cycle's download rate in carbon")
             assert float(line.split()[1]) > 0, line
-            wait_until(lambda: server.command("GET", "cbw:cycle:last"), 60,
+            wait_until(lambda: server.command("EXISTS", "cbw:cycle:last"), 60,
                        what="the cycle's report")
 
             cli_env = dict(base, CBANDWIDTH_REDIS_URL=url(server, "cbw-cli"))

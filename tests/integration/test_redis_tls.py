@@ -152,8 +152,8 @@ def test_the_readme_rediss_example_with_a_password_and_acl_users_runs_a_test(tmp
     bin_dir = Path(sys.executable).parent
     try:
         server.start()
-        agent = LabProcess("agent", launch([str(bin_dir / "celery"), *command[1:], "--pool",
-                                            "solo"], log_path=log, env=env, cwd=ROOT), log)
+        argv = [str(bin_dir / "celery"), *command[1:], "-l", "info", "--pool", "solo"]
+        agent = LabProcess("agent", launch(argv, log_path=log, env=env, cwd=ROOT), log)
         agent.wait_for_log(r"ready\.", timeout=60)
         cli_env = dict(env, CBANDWIDTH_REDIS_URL=env["CBANDWIDTH_REDIS_URL"].replace(
             "cbw-agent@", "cbw-cli@"), CBANDWIDTH_REDIS_PASSWORD=password("cbw-cli"))

@@ -119,7 +119,8 @@ def test_a_sentinel_url_needs_a_valid_master_name_and_is_kept_whole():
 def test_every_password_of_a_sentinel_url_is_masked_in_describe():
     s = load({"CBANDWIDTH_REDIS_URL": "sentinel://s1:26379;sentinel://s2:26380/0",
               "CBANDWIDTH_REDIS_SENTINEL_MASTER": "cbw",
-              "CBANDWIDTH_REDIS_PASSWORD": "m4ster pw", "CBANDWIDTH_REDIS_SENTINEL_PASSWORD": "s3nt"})
+              "CBANDWIDTH_REDIS_PASSWORD": "m4ster pw",
+              "CBANDWIDTH_REDIS_SENTINEL_PASSWORD": "s3nt"})
     assert s.redis_url == "sentinel://:m4ster%20pw@s1:26379/0;sentinel://:m4ster%20pw@s2:26380/0"
     shown = dict(s.describe())
     assert "m4ster" not in shown["redis_url"] and shown["redis_url"].count("***") == 2

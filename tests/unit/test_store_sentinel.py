@@ -11,8 +11,8 @@ def test_every_sentinel_of_the_url_is_asked_and_the_first_part_gives_the_masters
     pool = client.connection_pool
     assert pool.service_name == "cbw"
     sentinels = pool.sentinel_manager.sentinels
-    assert [(s.connection_pool.connection_kwargs["host"], s.connection_pool.connection_kwargs["port"])
-            for s in sentinels] == [("h1", 26379), ("h2", 26380)]
+    kwargs = [s.connection_pool.connection_kwargs for s in sentinels]
+    assert [(k["host"], k["port"]) for k in kwargs] == [("h1", 26379), ("h2", 26380)]
     assert all(s.connection_pool.connection_kwargs["password"] == "s3nt" for s in sentinels)
     master = pool.connection_kwargs
     assert (master["username"], master["password"], master["db"]) == ("cbw-agent", "m@ster", 3)
