@@ -110,11 +110,12 @@ def test_each_role_works_with_its_own_acl_user_and_only_that(tmp_path):
                        what="the cycle's report")
 
             cli_env = dict(base, CBANDWIDTH_REDIS_URL=url(server, "cbw-cli"))
-            for command in (["nodes"], ["status"]):
+            for command, shows in ((["nodes"], r"acl-node\s+127\.0\.0\.1"),
+                                   (["status"], r"verdict\s+healthy")):
                 run = subprocess.run([str(BIN / "cloud-bandwidth"), *command], env=cli_env,
                                      capture_output=True, text=True, timeout=60, cwd=tmp_path)
                 assert run.returncode == 0, (command, run.stdout, run.stderr)
-                assert "acl-node" in run.stdout, (command, run.stdout)
+                assert re.search(shows, run.stdout), (command, run.stdout)
                 assert password("cbw-cli") not in run.stdout + run.stderr
 
             assert all(p.alive for p in processes), [p.log_tail() for p in processes]
