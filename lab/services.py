@@ -31,7 +31,7 @@ from typing import BinaryIO, Self
 from .errors import LabError
 from .process import LabProcess, ProcessExited, free_port, launch, merged_env, wait_for_tcp
 
-__all__ = ["Carbon", "GraphiteWeb", "RedisReplyError", "RedisServer"]
+__all__ = ["Carbon", "GraphiteWeb", "RedisReplyError", "RedisServer", "Sentinel"]
 
 # Debian's Graphite stack (carbon 1.1.7, graphite-web 1.1.8, gunicorn 20.1) lives in the system
 # interpreter's dist-packages, not in the project's venv.
@@ -143,6 +143,24 @@ def _resp_read(stream: BinaryIO) -> object:
     raise LabError(f"unexpected Redis reply {line!r}")
 
 
+def _quoted(text: str) -> str:
+    return text.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def _command(host: str, port: int, args: Iterable[object], password: str | None,
+             timeout: float) -> object:
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        stream = sock.makefile("rb")
+        try:
+            if password:
+                sock.sendall(_resp_encode(["AUTH", password]))
+                _resp_read(stream)
+            sock.sendall(_resp_encode(args))
+            return _resp_read(stream)
+        finally:
+            stream.close()
+
+
 class RedisServer(_Service):
     """A private ``redis-server``: no persistence, state in a temp dir, optional password.
 
@@ -157,12 +175,19 @@ class RedisServer(_Service):
         port: int | None = None,
         password: str | None = None,
         *,
+        replica_of: "RedisServer | None" = None,
+        acl_file: str | os.PathLike[str] | None = None,
         state_dir: str | os.PathLike[str] | None = None,
         log_dir: str | os.PathLike[str] | None = None,
     ):
+        """``replica_of``: start as its replica (``replicaof``, ``masterauth`` its password).
+        ``acl_file``: users from this ACL file (``password`` is then the default user's, and
+        the file must give the default user that password for the lab's PING to pass)."""
         super().__init__(bind, state_dir, log_dir)
         self.port = port or free_port(bind)
         self.password = password
+        self.replica_of = replica_of
+        self.acl_file = Path(acl_file) if acl_file else None
 
     @property
     def url(self) -> str:
@@ -182,9 +207,14 @@ class RedisServer(_Service):
             f'dir "{self.state_dir}"',
             'logfile ""',
         ]
-        if self.password:
-            escaped = self.password.replace("\\", "\\\\").replace('"', '\\"')
-            lines.append(f'requirepass "{escaped}"')
+        if self.acl_file:
+            lines.append(f'aclfile "{self.acl_file}"')
+        elif self.password:
+            lines.append(f'requirepass "{_quoted(self.password)}"')
+        if self.replica_of:
+            lines.append(f"replicaof {self.replica_of.bind} {self.replica_of.port}")
+            if self.replica_of.password:
+                lines.append(f'masterauth "{_quoted(self.replica_of.password)}"')
         return "\n".join(lines) + "\n"
 
     def _start(self) -> None:
@@ -206,16 +236,7 @@ class RedisServer(_Service):
         """Run one command on a fresh connection, authenticating with ``password`` (default:
         the server's). Returns the decoded reply; raises RedisReplyError on an error reply."""
         secret = self.password if password is None else password
-        with socket.create_connection((self.bind, self.port), timeout=timeout) as sock:
-            stream = sock.makefile("rb")
-            try:
-                if secret:
-                    sock.sendall(_resp_encode(["AUTH", secret]))
-                    _resp_read(stream)
-                sock.sendall(_resp_encode(args))
-                return _resp_read(stream)
-            finally:
-                stream.close()
+        return _command(self.bind, self.port, args, secret, timeout)
 
     def ping(self) -> bool:
         """True if the server answers PING (with the configured password)."""
@@ -223,6 +244,67 @@ class RedisServer(_Service):
             return self.command("PING", timeout=1.0) == "PONG"
         except (OSError, LabError):
             return False
+
+
+class Sentinel(_Service):
+    """A private ``redis-server --sentinel`` monitoring ``master`` under ``name``.
+
+    Quick timings for tests: the master is down after ``down_after_ms`` without an answer, and
+    ``quorum`` sentinels must agree. Its config file (which Sentinel rewrites) is in its state
+    dir."""
+
+    kind = "sentinel"
+
+    def __init__(self, master: RedisServer, name: str = "cbw", quorum: int = 2,
+                 bind: str = "127.0.0.1", port: int | None = None, *, down_after_ms: int = 1000,
+                 failover_timeout_ms: int = 5000, state_dir: str | os.PathLike[str] | None = None,
+                 log_dir: str | os.PathLike[str] | None = None):
+        super().__init__(bind, state_dir, log_dir)
+        self.port = port or free_port(bind)
+        self.master, self.name, self.quorum = master, name, quorum
+        self.down_after_ms, self.failover_timeout_ms = down_after_ms, failover_timeout_ms
+
+    @property
+    def url(self) -> str:
+        return f"sentinel://{self.bind}:{self.port}"
+
+    def _config(self) -> str:
+        lines = [f"bind {self.bind}", f"port {self.port}", "protected-mode no",
+                 "daemonize no", f'dir "{self.state_dir}"', 'logfile ""',
+                 f"sentinel monitor {self.name} {self.master.bind} {self.master.port} "
+                 f"{self.quorum}",
+                 f"sentinel down-after-milliseconds {self.name} {self.down_after_ms}",
+                 f"sentinel failover-timeout {self.name} {self.failover_timeout_ms}",
+                 f"sentinel parallel-syncs {self.name} 1"]
+        if self.master.password:
+            lines.append(f'sentinel auth-pass {self.name} "{_quoted(self.master.password)}"')
+        return "\n".join(lines) + "\n"
+
+    def _start(self) -> None:
+        conf = self.state_dir / "sentinel.conf"
+        conf.write_text(self._config())
+        process = self._launch(["redis-server", str(conf), "--sentinel"])
+        wait_for_tcp(self.bind, self.port, 10.0, process=process)
+        deadline = time.monotonic() + 10.0
+        while True:
+            try:
+                if self.master_address() is not None:
+                    return
+            except (OSError, LabError):
+                if time.monotonic() > deadline or not process.alive:
+                    raise
+            time.sleep(0.05)
+
+    def command(self, *args: object, timeout: float = 2.0) -> object:
+        """Run one command (``SENTINEL …``) on a fresh connection; the decoded reply."""
+        return _command(self.bind, self.port, args, None, timeout)
+
+    def master_address(self) -> tuple[str, int] | None:
+        """Where this sentinel currently sees the master (SENTINEL get-master-addr-by-name)."""
+        reply = self.command("SENTINEL", "get-master-addr-by-name", self.name)
+        if not reply:
+            return None
+        return reply[0].decode(), int(reply[1])
 
 
 # --- carbon ------------------------------------------------------------------------------

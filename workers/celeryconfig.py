@@ -23,6 +23,18 @@ if urlsplit(_settings.redis_url).scheme == "rediss":
     broker_use_ssl = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
     redis_backend_use_ssl = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
 
+# Sentinel (sentinel://host:26379;sentinel://host2:26379/db): kombu and Celery's SentinelBackend
+# ask the sentinels for the master named in master_name. Both read it from their transport
+# options; the result backend ignores broker_transport_options, so it is set on both. The URL's
+# password is the master's; the sentinels' own goes in sentinel_kwargs.
+_sentinel_options = {}
+if _settings.redis_sentinel_master:
+    # Timeouts for the sentinel connections too: given sentinel_kwargs, redis-py uses only
+    # these for them, and a sentinel that stopped answering must not hang a lookup.
+    _sentinel_options = {"master_name": _settings.redis_sentinel_master,
+                         "sentinel_kwargs": {"socket_timeout": 10, "socket_connect_timeout": 5,
+                                             "password": _settings.redis_sentinel_password}}
+
 # JSON only: a pickled message could run code on every node; it is refused, not deserialised.
 task_serializer = "json"
 result_serializer = "json"
@@ -59,8 +71,10 @@ task_reject_on_worker_lost = True
 worker_prefetch_multiplier = 1
 # kombu's Redis transport gives an unacknowledged message to another worker after this long,
 # counted from fetch; it is validated to exceed the longest test (both directions + margins).
-broker_transport_options = {"visibility_timeout": _settings.visibility_timeout_s}
-result_backend_transport_options = {"visibility_timeout": _settings.visibility_timeout_s}
+broker_transport_options = {"visibility_timeout": _settings.visibility_timeout_s,
+                            **_sentinel_options}
+result_backend_transport_options = {"visibility_timeout": _settings.visibility_timeout_s,
+                                    **_sentinel_options}
 
 # Results of ad-hoc tests stay readable with `celery result <id>` for a day.
 result_expires = 86400

@@ -50,6 +50,8 @@ class Target:
 @dataclass(frozen=True)
 class Settings:
     redis_url: str = defaults.REDIS_URL
+    redis_sentinel_master: str | None = None    # with sentinel:// URLs: the monitored master
+    redis_sentinel_password: str | None = None  # AUTH for the sentinels themselves, if any
     node_name: str = ""
     node_address: str | None = None
     perf_servers: tuple[Target, ...] = ()
@@ -111,6 +113,8 @@ class Settings:
             value = getattr(self, f.name)
             if f.name == "redis_url":
                 value = mask_url(value)
+            elif f.name == "redis_sentinel_password":
+                value = value and "***"
             elif f.name == "perf_servers":
                 value = ",".join(f"{t.address}:{t.name}" for t in value) or "(none)"
             elif f.name == "node_labels":
@@ -122,11 +126,23 @@ class Settings:
 
 
 def mask_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url
+    """The URL with any password replaced by ***; each part of a `;`-separated sentinel list.
+
+    Works on the text as written (a percent-encoded password is masked too, and a URL that
+    does not parse is masked from its last '@' back to the scheme)."""
+    return ";".join(_mask_one(part) for part in url.split(";"))
+
+
+def _mask_one(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    netloc, slash, path = rest.partition("/")
+    userinfo, at, hostport = netloc.rpartition("@")
+    if not at or ":" not in userinfo:
+        return url
+    user = userinfo.partition(":")[0]
+    return f"{scheme}://{user}:***@{hostport}{slash}{path}"
 
 
 # --- reading -------------------------------------------------------------------------------
@@ -324,26 +340,67 @@ def parse_targets(text: str) -> tuple[Target, ...]:
     return tuple(targets)
 
 
+_REDIS_SCHEMES = ("redis", "rediss", "unix", "sentinel")
+_SENTINEL_MASTER = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+
+
 def _redis_url(reader: _Reader) -> str:
     name = PREFIX + "REDIS_URL"
     url = reader.raw(name) or defaults.REDIS_URL
-    parts = urlsplit(url)
-    if parts.scheme not in ("redis", "rediss", "unix") or (parts.scheme != "unix"
-                                                           and not parts.hostname):
-        raise ConfigError(name, f"must look like redis://[:password@]host:port/db or "
-                                f"rediss://… for TLS, got {mask_url(url)!r}")
+    parts_list = [urlsplit(part) for part in url.split(";")]
+    schemes = {parts.scheme for parts in parts_list}
+    if (not schemes <= set(_REDIS_SCHEMES) or len(schemes) != 1
+            or (len(parts_list) > 1 and schemes != {"sentinel"})
+            or any(p.scheme != "unix" and not p.hostname for p in parts_list)):
+        raise ConfigError(name, f"must look like redis://[user:password@]host:port/db, "
+                                f"rediss://… for TLS, or sentinel://host:26379;sentinel://…/db "
+                                f"for Sentinel, got {mask_url(url)!r}")
     try:
-        parts.port
+        for parts in parts_list:
+            parts.port
     except ValueError:
         raise ConfigError(name, f"bad port in {mask_url(url)!r}") from None
+    if len(parts_list) > 1:
+        # kombu and Celery take the database from the first sentinel's part, but the natural
+        # way to write it is once at the end: every part gets it, so all read the same one.
+        dbs = {p.path.strip("/") for p in parts_list} - {""}
+        if len(dbs) > 1 or not all(db.isdigit() for db in dbs):
+            raise ConfigError(name, f"the sentinels' parts name different or bad databases "
+                                    f"({', '.join(sorted(dbs))}) in {mask_url(url)!r}")
+        db = "/" + dbs.pop() if dbs else ""
+        parts_list = [p._replace(path=db) for p in parts_list]
+        url = ";".join(urlunsplit(p) for p in parts_list)
     password = reader.raw(PREFIX + "REDIS_PASSWORD")
     if password:
-        # Kept out of the URL so it can come from a Kubernetes secret on its own.
-        host = parts.netloc.rpartition("@")[2]
-        user = parts.username or ""
-        parts = parts._replace(netloc=f"{quote(user, safe='')}:{quote(password, safe='')}@{host}")
-        url = urlunsplit(parts)
+        # Kept out of the URL so it can come from a Kubernetes secret on its own. With
+        # Sentinel it is the master's password (the sentinels' own: REDIS_SENTINEL_PASSWORD).
+        rebuilt = []
+        for parts in parts_list:
+            host = parts.netloc.rpartition("@")[2]
+            user = parts.username or ""
+            netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{host}"
+            rebuilt.append(urlunsplit(parts._replace(netloc=netloc)))
+        url = ";".join(rebuilt)
     return url
+
+
+def _redis_settings(reader: _Reader) -> dict[str, object]:
+    """CBANDWIDTH_REDIS_URL and, with a sentinel:// URL, the Sentinel settings."""
+    url = _redis_url(reader)
+    sentinel = url.startswith("sentinel://")
+    master_var, password_var = PREFIX + "REDIS_SENTINEL_MASTER", PREFIX + "REDIS_SENTINEL_PASSWORD"
+    master = reader.raw(master_var) or None
+    sentinel_password = reader.raw(password_var) or None
+    if sentinel and not master:
+        raise ConfigError(master_var, "is required with a sentinel:// CBANDWIDTH_REDIS_URL "
+                                      "(the name the sentinels monitor the master by)")
+    if master and not _SENTINEL_MASTER.match(master):
+        raise ConfigError(master_var, f"must be letters, digits, '.', '_' or '-', got {master!r}")
+    for var, value in ((master_var, master), (password_var, sentinel_password)):
+        if value and not sentinel:
+            raise ConfigError(var, "is set, but CBANDWIDTH_REDIS_URL is not a sentinel:// URL")
+    return {"redis_url": url, "redis_sentinel_master": master,
+            "redis_sentinel_password": sentinel_password}
 
 
 def load(environ: Mapping[str, str] | None = None) -> Settings:
@@ -442,7 +499,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         raise ConfigError(p + "POLLER", f"must be a node name, got {poller!r}")
 
     return Settings(
-        redis_url=_redis_url(r),
+        **_redis_settings(r),
         node_name=node_name,
         node_address=node_address,
         perf_servers=perf_servers,

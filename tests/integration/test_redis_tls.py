@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from lab.process import launch, LabProcess
+from lab.process import free_port, launch, LabProcess
 from lab.services import RedisServer
 from tests.conftest import require, wait_until
 
@@ -57,7 +59,8 @@ class TlsRedis(RedisServer):
         conf = self.state_dir / "redis.conf"
         conf.write_text(self._config())
         self._launch(["redis-server", str(conf)])
-        client = redis.Redis.from_url(self.tls_url, ssl_ca_certs=str(self.ca))
+        client = redis.Redis.from_url(self.tls_url, ssl_ca_certs=str(self.ca),
+                                      password=self.password)
         deadline = time.monotonic() + 10
         while True:
             try:
@@ -99,3 +102,83 @@ def test_a_node_agent_starts_and_announces_itself_over_rediss(tmp_path):
             client.close()
         finally:
             agent.stop()
+
+
+README = ROOT / "README.md"
+
+
+def readme_tls_example() -> list[list[str]]:
+    """The README's rediss:// example block, as argv lists (one per line)."""
+    text = README.read_text()
+    marker = text.index("<!-- redis-tls-example")
+    block = re.search(r"```sh\n(.*?)```", text[marker:], re.S).group(1)
+    return [shlex.split(line) for line in block.splitlines() if line.strip()]
+
+
+@pytest.mark.timeout(150)
+def test_the_readme_rediss_example_with_a_password_and_acl_users_runs_a_test(tmp_path):
+    """The README's example, with only its host, password and CA path replaced, against a
+    real TLS-only redis-server that requires passwords (the project's ACL file, users with
+    passwords): the agent starts, `cloud-bandwidth test` (as the CLI's user) runs a test on it
+    and gets the result; no password shows in the logs or in `cloud-bandwidth config`."""
+    require("redis-server", "openssl", "iperf3")
+    from tests.integration.test_redis_acl import installed_acl, password
+
+    certificates = make_certificates(tmp_path)
+    admin = "admin-secret"
+    server = TlsRedis(certificates, password=admin, acl_file=installed_acl(tmp_path),
+                      state_dir=tmp_path / "redis")
+    iperf_port = str(free_port())
+    iperf = subprocess.Popen(["iperf3", "-s", "-p", iperf_port, "-B", "127.0.0.1"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {k: v for k, v in os.environ.items()
+           if not (k.startswith("CBANDWIDTH_") or k in ("NODE_NAME", "SSL_CERT_FILE"))}
+    *exports, command = readme_tls_example()
+    replace = {"redis.example.net:6380": f"127.0.0.1:{server.port}",
+               "the cbw-agent password": password("cbw-agent"),
+               "/etc/cloud-bandwidth/redis-ca.pem": str(certificates[0])}
+    for words in exports:
+        assert words[0] == "export", words
+        name, _, value = words[1].partition("=")
+        for old, new in replace.items():
+            value = value.replace(old, new)
+        env[name] = value
+    assert env["CBANDWIDTH_REDIS_URL"].startswith("rediss://cbw-agent@127.0.0.1:")
+    assert command[:2] == ["celery", "-A"]
+    env.update(NODE_NAME="tls-node", CBANDWIDTH_NODE_ADDRESS="127.0.0.1",
+               CBANDWIDTH_HEARTBEAT_INTERVAL="1", PYTHONUNBUFFERED="1")
+    log = tmp_path / "agent.log"
+    agent = None
+    bin_dir = Path(sys.executable).parent
+    try:
+        server.start()
+        argv = [str(bin_dir / "celery"), *command[1:], "-l", "info", "--pool", "solo"]
+        agent = LabProcess("agent", launch(argv, log_path=log, env=env, cwd=ROOT), log)
+        agent.wait_for_log(r"ready\.", timeout=60)
+        cli_env = dict(env, CBANDWIDTH_REDIS_URL=env["CBANDWIDTH_REDIS_URL"].replace(
+            "cbw-agent@", "cbw-cli@"), CBANDWIDTH_REDIS_PASSWORD=password("cbw-cli"))
+        cli_env.pop("NODE_NAME")
+
+        def cli(*args: str) -> subprocess.CompletedProcess:
+            return subprocess.run([str(bin_dir / "cloud-bandwidth"), *args], env=cli_env,
+                                  capture_output=True, text=True, timeout=90, cwd=tmp_path)
+
+        wait_until(lambda: "tls-node" in cli("nodes").stdout, 30,
+                   what="the agent in `cloud-bandwidth nodes` over TLS")
+        run = cli("test", "tls-node", "127.0.0.1", "--port", iperf_port, "--length", "1",
+                  "--directions", "download", "--json")
+        assert run.returncode == 0, (run.stdout, run.stderr)
+        result = json.loads(run.stdout)
+        assert result["download"]["status"] == "ok" and result["download"]["bits_per_second"] > 0
+        shown = cli("config")
+        assert shown.returncode == 0, shown.stderr
+        assert "rediss://cbw-cli:***@127.0.0.1" in shown.stdout
+        secrets = (password("cbw-agent"), password("cbw-cli"), admin)
+        for text in (shown.stdout, shown.stderr, run.stdout, run.stderr, log.read_text()):
+            assert not any(secret in text for secret in secrets)
+    finally:
+        if agent is not None:
+            agent.stop()
+        server.close()
+        iperf.kill()
+        iperf.wait(5)

@@ -66,6 +66,11 @@ def test_perf_servers_parse(text, expected):
     ("CBANDWIDTH_NETPERF", "maybe", "true or false"),
     ("CBANDWIDTH_DOWNLOAD_PREFIX", "bad prefix", "dot-separated"),
     ("CBANDWIDTH_REDIS_URL", "http://x", "redis://"),
+    ("CBANDWIDTH_REDIS_URL", "sentinel://s1:26379;redis://r:6379", "sentinel://"),
+    ("CBANDWIDTH_REDIS_URL", "redis://r1:6379;redis://r2:6379", "sentinel://"),
+    ("CBANDWIDTH_REDIS_URL", "sentinel://s1:26379;sentinel://s2:x", "bad port"),
+    ("CBANDWIDTH_REDIS_SENTINEL_MASTER", "mymaster", "not a sentinel://"),
+    ("CBANDWIDTH_REDIS_SENTINEL_PASSWORD", "pw", "not a sentinel://"),
     ("CBANDWIDTH_IPERF_PARALLEL", "0", "between 1 and 128"),
     ("CBANDWIDTH_UDP_BANDWIDTH", "fast", "rate"),
     ("CBANDWIDTH_VISIBILITY_TIMEOUT", "61", "longest task"),
@@ -92,6 +97,46 @@ def test_redis_password_is_put_in_the_url_and_masked_in_describe():
     assert s.redis_url == "redis://:s3cr%23t@r.example:6380/1"
     shown = dict(s.describe())["redis_url"]
     assert "s3cr" not in shown and "***" in shown
+
+
+def test_a_sentinel_url_needs_a_valid_master_name_and_is_kept_whole():
+    with pytest.raises(ConfigError, match="^CBANDWIDTH_REDIS_SENTINEL_MASTER: is required"):
+        load({"CBANDWIDTH_REDIS_URL": "sentinel://s1:26379;sentinel://s2:26379/0"})
+    with pytest.raises(ConfigError, match="^CBANDWIDTH_REDIS_SENTINEL_MASTER: must be"):
+        load({"CBANDWIDTH_REDIS_URL": "sentinel://s1:26379",
+              "CBANDWIDTH_REDIS_SENTINEL_MASTER": "my master"})
+    s = load({"CBANDWIDTH_REDIS_URL": "sentinel://s1:26379;sentinel://s2:26380/2",
+              "CBANDWIDTH_REDIS_SENTINEL_MASTER": "cbw"})
+    # The database written once at the end is put on every part (kombu and Celery read the
+    # first part's).
+    assert (s.redis_url, s.redis_sentinel_master) == (
+        "sentinel://s1:26379/2;sentinel://s2:26380/2", "cbw")
+    with pytest.raises(ConfigError, match="^CBANDWIDTH_REDIS_URL: the sentinels' parts name"):
+        load({"CBANDWIDTH_REDIS_URL": "sentinel://s1:26379/1;sentinel://s2:26380/2",
+              "CBANDWIDTH_REDIS_SENTINEL_MASTER": "cbw"})
+
+
+def test_every_password_of_a_sentinel_url_is_masked_in_describe():
+    s = load({"CBANDWIDTH_REDIS_URL": "sentinel://s1:26379;sentinel://s2:26380/0",
+              "CBANDWIDTH_REDIS_SENTINEL_MASTER": "cbw",
+              "CBANDWIDTH_REDIS_PASSWORD": "m4ster pw",
+              "CBANDWIDTH_REDIS_SENTINEL_PASSWORD": "s3nt"})
+    assert s.redis_url == "sentinel://:m4ster%20pw@s1:26379/0;sentinel://:m4ster%20pw@s2:26380/0"
+    shown = dict(s.describe())
+    assert "m4ster" not in shown["redis_url"] and shown["redis_url"].count("***") == 2
+    assert shown["redis_sentinel_password"] == "***"
+
+
+@pytest.mark.parametrize("url, masked", [
+    ("sentinel://:pw@s1:26379;sentinel://:pw@s2:26379/0",
+     "sentinel://:***@s1:26379;sentinel://:***@s2:26379/0"),
+    ("rediss://agent:p%40ss@r:6380/0", "rediss://agent:***@r:6380/0"),
+    ("redis://:p@ss@r:6379/0", "redis://:***@r:6379/0"),
+    ("redis://agent@r:6379/0", "redis://agent@r:6379/0"),
+    ("redis://r:6379/0", "redis://r:6379/0"),
+])
+def test_mask_url_hides_every_password_as_written(url, masked):
+    assert config.mask_url(url) == masked
 
 
 def test_parse_rate_units_are_powers_of_1000():
