@@ -61,7 +61,8 @@ def emit_cycle(app, r, settings: config.Settings, now: float | None = None,
     if holder is not None:
         log.warning("cycle: previous cycle %s still running; this one is skipped (overlap)",
                     holder)
-        app.send_task("tasks.publish_lines", queue=RESULTS_QUEUE, args=[[metrics.line(
+        app.send_task("tasks.publish_lines", queue=RESULTS_QUEUE, ignore_result=True,
+                      args=[[metrics.line(
             f"{settings.scheduler_prefix}.cycle.overlap", 1, now)]])
         return None
     r.incr(CYCLE_NUMBER)
@@ -88,7 +89,8 @@ def skip_vanished(app, r, settings: config.Settings) -> int:
                     queue[5:])
         skipped += 1
         if finished:
-            app.send_task("tasks.report_cycle", args=[cycle_id], queue=RESULTS_QUEUE)
+            app.send_task("tasks.report_cycle", args=[cycle_id], queue=RESULTS_QUEUE,
+                          ignore_result=True)
     return skipped
 
 
@@ -110,7 +112,8 @@ def watch(app, r, settings: config.Settings, seen_unsent: frozenset = frozenset(
     ended = cycles.end_overdue(r, cycle_id, 3000 * settings.heartbeat_interval_s)
     if ended:
         log.warning("cycle %s ended by timeout: %d job(s) never reported", cycle_id, ended)
-        app.send_task("tasks.report_cycle", args=[cycle_id], queue=RESULTS_QUEUE)
+        app.send_task("tasks.report_cycle", args=[cycle_id], queue=RESULTS_QUEUE,
+                      ignore_result=True)
         return frozenset()
     unsent = {(cycle_id, job["id"]): job for job in cycles.unsent(r, cycle_id)}
     stuck = [job for seen, job in unsent.items() if seen in seen_unsent]
