@@ -220,11 +220,16 @@ def send(app, cycle_id: str, jobs: Iterable[dict[str, Any]],
     """Send ready jobs to their queues as tasks.measure and, given `r`, note them as sent (a
     redelivered predecessor re-sends only what was never sent). A job that outlives its cycle
     is not run: the worker finds the cycle's keys gone (job_state), so no message carries a
-    wall-clock expiry that another machine's clock would judge."""
+    wall-clock expiry that another machine's clock would judge.
+
+    No Celery result record is kept for a cycle job (`ignore_result`: no STARTED, progress or
+    SUCCESS record): nobody reads it (its result reaches carbon through the result handler),
+    and one record per test for a day would make the keyspace grow with the tests run, not
+    with the nodes. Ad-hoc tests keep theirs (`cloud-bandwidth test` reads it)."""
     sent = []
     for job in jobs:
         app.send_task("tasks.measure", kwargs=dict(job["kwargs"], cycle=cycle_id, job=job["id"]),
-                      queue=job["queue"])
+                      queue=job["queue"], ignore_result=True)
         sent.append(job["id"])
     if sent and r is not None:
         name = cycle_key(cycle_id, "sent")

@@ -82,7 +82,7 @@ def emit_cycle(app, r, settings: config.Settings, now: float | None = None,
 def send_lines(app, lines: list[str]) -> None:
     """Beat's own series (scheduler health) to the result handler: the one place beat sends
     lines, so where they go is decided here."""
-    app.send_task("tasks.publish_lines", queue=RESULTS_QUEUE, args=[lines])
+    app.send_task("tasks.publish_lines", queue=RESULTS_QUEUE, ignore_result=True, args=[lines])
 
 
 def note_rate(app, r, settings: config.Settings, rate: plan.SampledRate, nodes: int,
@@ -120,7 +120,8 @@ def skip_vanished(app, r, settings: config.Settings) -> int:
                     queue[5:])
         skipped += 1
         if finished:
-            app.send_task("tasks.report_cycle", args=[cycle_id], queue=RESULTS_QUEUE)
+            app.send_task("tasks.report_cycle", args=[cycle_id], queue=RESULTS_QUEUE,
+                          ignore_result=True)
     return skipped
 
 
@@ -142,7 +143,8 @@ def watch(app, r, settings: config.Settings, seen_unsent: frozenset = frozenset(
     ended = cycles.end_overdue(r, cycle_id, 3000 * settings.heartbeat_interval_s)
     if ended:
         log.warning("cycle %s ended by timeout: %d job(s) never reported", cycle_id, ended)
-        app.send_task("tasks.report_cycle", args=[cycle_id], queue=RESULTS_QUEUE)
+        app.send_task("tasks.report_cycle", args=[cycle_id], queue=RESULTS_QUEUE,
+                      ignore_result=True)
         return frozenset()
     unsent = {(cycle_id, job["id"]): job for job in cycles.unsent(r, cycle_id)}
     stuck = [job for seen, job in unsent.items() if seen in seen_unsent]

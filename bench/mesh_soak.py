@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import math
 import sys
 import time
@@ -28,7 +27,7 @@ from bench.common import bounded_int, log
 from bench.schedulers import Agents, agent_env, machine_facts
 from lab import Lab, stack
 from lab.process import ProcessExited
-from workers import config, store
+from workers import config, ledger, store
 
 DIRECTIONS = ("download", "upload")
 POLL_S = 1.0
@@ -53,15 +52,12 @@ def rounds(nodes: int) -> int:
 
 
 def mesh_results(redis) -> dict[str, list[dict[str, Any]]]:
-    """cycle id → every finished mesh result of that cycle in the Celery result backend."""
+    """cycle id → every finished mesh result of that cycle (the ledger's handed-over results:
+    a cycle job keeps no Celery result record)."""
     by_cycle: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
-    names = list(redis.scan_iter("celery-task-meta-*", count=1000))
-    for raw in (redis.mget(names) if names else []):
-        meta = json.loads(raw) if raw else {}
-        if meta.get("status") == "SUCCESS" and isinstance(meta.get("result"), str):
-            result = json.loads(meta["result"])
-            if isinstance(result, dict) and result.get("mode") == "mesh" and result.get("cycle"):
-                by_cycle[result["cycle"]].append(result)
+    for result in ledger.handed_over_results(redis):
+        if result.get("mode") == "mesh" and result.get("cycle"):
+            by_cycle[result["cycle"]].append(result)
     return by_cycle
 
 

@@ -55,7 +55,6 @@ is bounded. Only the lab's own namespace hosts are measured.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import re
@@ -71,7 +70,7 @@ from bench import common
 from bench.common import bounded_int, command_line, first_line, load_average, log, wait
 from lab import Lab, LabError, stack
 from lab.process import ProcessExited
-from workers import config, registry, store
+from workers import config, ledger, registry, store
 
 STRATEGIES = ("serial", "naive", "planner")
 #: The order they run in (see the module docstring).
@@ -190,18 +189,10 @@ def jobs_for(strategy: str, settings: config.Settings, nodes: list[dict]) -> lis
 
 
 def cycle_results(redis, cycle_id: str) -> list[dict[str, Any]]:
-    """Every finished tasks.measure result of `cycle_id` in the Celery result backend."""
-    found = []
-    names = list(redis.scan_iter("celery-task-meta-*", count=1000))
-    for raw in (redis.mget(names) if names else []):
-        if not raw:
-            continue
-        meta = json.loads(raw)
-        if meta.get("status") == "SUCCESS" and isinstance(meta.get("result"), str):
-            result = json.loads(meta["result"])
-            if isinstance(result, dict) and result.get("cycle") == cycle_id:
-                found.append(result)
-    return found
+    """Every finished tasks.measure result of `cycle_id` (the ledger's handed-over results: a
+    cycle job keeps no Celery result record)."""
+    return [result for result in ledger.handed_over_results(redis)
+            if result.get("cycle") == cycle_id]
 
 
 @dataclass

@@ -115,7 +115,7 @@ def _hand_over(task, redis, request: jobs.Request, task_id: str, result: dict[st
 
 
 def _publish(redis, task_id: str, result: dict[str, Any]) -> None:
-    app.send_task("tasks.publish", args=[result], queue=RESULTS_QUEUE)
+    app.send_task("tasks.publish", args=[result], queue=RESULTS_QUEUE, ignore_result=True)
     try:
         ledger.mark_published(redis, task_id)
     except Exception as exc:  # a redelivery publishes once more: the same lines, harmless
@@ -179,7 +179,8 @@ def _advance_cycle(redis, request: jobs.Request, result: dict[str, Any]) -> None
                                      busy)
     cycles.send(app, request.cycle, ready, redis)
     if finished:
-        app.send_task("tasks.report_cycle", args=[request.cycle], queue=RESULTS_QUEUE)
+        app.send_task("tasks.report_cycle", args=[request.cycle], queue=RESULTS_QUEUE,
+                      ignore_result=True)
 
 
 def _deliver(task, lines: list[str], what: str) -> int:

@@ -10,6 +10,7 @@ import os
 import re
 import socket
 import sys
+from contextvars import ContextVar, Token
 from dataclasses import dataclass, field, fields
 from decimal import Decimal
 from typing import Callable, Mapping
@@ -551,12 +552,33 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
 _settings: Settings | None = None
 
 
+_acting_as: ContextVar[Settings | None] = ContextVar("cbandwidth_acting_as", default=None)
+"""Settings that replace the process's in the current thread/context: set only by the
+simulator (workers.simulate), whose one process runs the task path for many virtual nodes,
+each with its own name. Nothing else sets it, and no setting or message can."""
+
+
 def get() -> Settings:
-    """The process's settings, loaded on first use and kept (the process reads them once)."""
+    """The process's settings, loaded on first use and kept (the process reads them once); in
+    a simulator thread running a virtual node's task, that node's (see `acting_as`)."""
+    acting = _acting_as.get()
+    if acting is not None:
+        return acting
     global _settings
     if _settings is None:
         _settings = load()
     return _settings
+
+
+def acting_as(settings: Settings | None) -> Token:
+    """Make `get()` return `settings` in the current context until `stop_acting(token)`: the
+    simulator's per-task node identity (a thread of its process is one virtual node for the
+    length of one task)."""
+    return _acting_as.set(settings)
+
+
+def stop_acting(token: Token) -> None:
+    _acting_as.reset(token)
 
 
 def valid_node_name(name: object) -> bool:

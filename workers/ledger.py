@@ -89,3 +89,17 @@ def mark_published(r: redis.Redis, task_id: str) -> None:
 
 def published(r: redis.Redis, task_id: str) -> bool:
     return bool(r.hexists(_name(task_id), "published"))
+
+
+def handed_over_results(r: redis.Redis) -> list[dict[str, Any]]:
+    """Every result still in a ledger (tests handed over within `ttl_s`), for tests and
+    benchmarks that inspect what the agents measured: a scheduled test keeps no Celery result
+    record (beat.cycles.send), its ledger is where its result stays readable. A SCAN: never
+    on a path that runs per test."""
+    names = list(r.scan_iter(_name("*"), count=1000))
+    with r.pipeline(transaction=False) as pipe:
+        for name in names:
+            pipe.hget(name, "handed-over")
+        raws = pipe.execute()
+    return [json.loads(raw) for raw in raws if raw]
+

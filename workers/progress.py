@@ -44,6 +44,8 @@ class Reporter:
         task_id = getattr(self.task.request, "id", None)
         if not task_id:  # called directly, not through a worker: nobody to tell
             return
+        if getattr(self.task.request, "ignore_result", False):  # a cycle job: nobody asks
+            return
         try:
             self.task.update_state(task_id=task_id, state=state, meta=dict(meta, node=self.node))
         except Exception as exc:  # the result backend away: the test matters more

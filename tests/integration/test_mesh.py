@@ -20,7 +20,7 @@ import pytest
 from lab import stack
 from tests.conftest import start_lab, wait_until
 from tests.integration.test_pipeline import _busy_pool_child, _alive
-from workers import store
+from workers import ledger, store
 
 HOSTS = [f"h{i}" for i in range(1, 7)]
 
@@ -41,15 +41,9 @@ def mesh_cluster():
 
 
 def _results(redis, predicate=lambda r: True) -> list[dict]:
-    """Every tasks.measure result in the result backend."""
-    found = []
-    for name in redis.scan_iter("celery-task-meta-*", count=1000):
-        meta = json.loads(redis.get(name))
-        if meta.get("status") == "SUCCESS" and isinstance(meta.get("result"), str):
-            result = json.loads(meta["result"])
-            if isinstance(result, dict) and predicate(result):
-                found.append(result)
-    return found
+    """Every tasks.measure result handed over (the ledger: a cycle job keeps no Celery
+    result record)."""
+    return [result for result in ledger.handed_over_results(redis) if predicate(result)]
 
 
 def _intervals(results) -> dict[str, list[tuple[float, float, str]]]:

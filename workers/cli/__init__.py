@@ -6,6 +6,7 @@
   matrix   the latest rate of every flow, source x destination
   status   the scheduler at a glance; non-zero exit past thresholds
   lab      the local lab (namespaced hosts, Redis, Graphite, agents, beat)
+  simulate the real scheduler with N virtual nodes and a null tool (scale benchmark)
 
 Everything here loads only in this command: the node agent and beat never import Rich.
 Exit statuses: 0 ok, 1 failed (or past a threshold), 2 bad usage / unknown node / bad
@@ -247,6 +248,49 @@ def lab_command(**options):
     from lab.demo import run_demo
 
     return run_demo(SimpleNamespace(**options))
+
+
+@cli.command("simulate", context_settings=CONTEXT)
+@click.option("--nodes", type=click.IntRange(2, 20_000), default=100, show_default=True,
+              help="virtual node agents")
+@click.option("--schedule", type=click.Choice(("sampled", "mesh")), default="sampled",
+              show_default=True)
+@click.option("--cycles", type=click.IntRange(1, 10_000), default=3, show_default=True)
+@click.option("--hold-ms", type=click.FloatRange(0, 600_000), default=200, show_default=True,
+              help="how long the null tool holds each test (both directions)")
+@click.option("--zones", type=click.IntRange(0, 1000), default=0, show_default=True,
+              help="spread the nodes over this many zones (0: unlabelled)")
+@click.option("--sample-peers", type=click.IntRange(1, 10_000), default=3, show_default=True,
+              help="k of the sampled schedule (CBANDWIDTH_SAMPLE_PEERS)")
+@click.option("--processes", type=click.IntRange(0, 64), default=0,
+              help="agent processes (default: one per 250 nodes, at least 2)")
+@click.option("--cycle-limit", type=click.FloatRange(1), default=600, show_default=True,
+              help="seconds after which a cycle is cut short (reported as partial)")
+@click.option("--redis-url", help="use this (empty, disposable) Redis instead of a private "
+                                  "redis-server; it is FLUSHED")
+@click.option("--json", "as_json", is_flag=True, help="the whole report as JSON")
+@click.option("--output", type=click.Path(dir_okay=False, writable=True),
+              help="also write the JSON report here")
+def simulate_command(nodes, schedule, cycles, hold_ms, zones, sample_peers, processes,
+                     cycle_limit, redis_url, as_json, output):
+    """Run the real control plane (registry, beat's planner and cycles, locks, ledger, result
+    handler, carbon) with NODES virtual node agents in a few processes and a null tool that
+    holds each test for --hold-ms instead of sending traffic. Prints per cycle: planned and
+    done, makespan against the lower bound, hand-off gaps, Redis commands and time per test,
+    keys and memory, beat's emit time, the result handler's backlog. Exit 1 when a node was
+    in two tests at once or a cycle's outcomes do not add up to its plan.
+
+    \b
+    Example:
+      cloud-bandwidth simulate --nodes 1000 --schedule sampled --cycles 5 --hold-ms 1000
+    """
+    from workers.cli import simulate
+    from workers.simulate import Options
+
+    return simulate.run(Options(nodes=nodes, schedule=schedule, cycles=cycles, hold_ms=hold_ms,
+                                zones=zones, sample_peers=sample_peers, processes=processes,
+                                redis_url=redis_url, cycle_limit_s=cycle_limit),
+                        as_json, output)
 
 
 def _redis_errors() -> tuple[type[BaseException], ...]:
