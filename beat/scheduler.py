@@ -18,8 +18,7 @@ from types import SimpleNamespace
 from celery.beat import Scheduler
 
 from beat import cycles, plan
-from workers import config, liveness, metrics, registry, store
-from workers.defaults import RESULTS_QUEUE
+from workers import config, liveness, metrics, registry, results, store
 from workers.store import key
 
 log = logging.getLogger(__name__)
@@ -61,8 +60,8 @@ def emit_cycle(app, r, settings: config.Settings, now: float | None = None,
     if holder is not None:
         log.warning("cycle: previous cycle %s still running; this one is skipped (overlap)",
                     holder)
-        app.send_task("tasks.publish_lines", queue=RESULTS_QUEUE, args=[[metrics.line(
-            f"{settings.scheduler_prefix}.cycle.overlap", 1, now)]])
+        results.hand_over_lines(r, f"overlap:{cycle_id}", [metrics.line(
+            f"{settings.scheduler_prefix}.cycle.overlap", 1, now)], settings)
         return None
     r.incr(CYCLE_NUMBER)
     cycles.send(app, cycle_id, ready, r)
@@ -88,7 +87,7 @@ def skip_vanished(app, r, settings: config.Settings) -> int:
                     queue[5:])
         skipped += 1
         if finished:
-            app.send_task("tasks.report_cycle", args=[cycle_id], queue=RESULTS_QUEUE)
+            results.report_cycle(r, cycle_id, settings)
     return skipped
 
 
@@ -110,7 +109,7 @@ def watch(app, r, settings: config.Settings, seen_unsent: frozenset = frozenset(
     ended = cycles.end_overdue(r, cycle_id, 3000 * settings.heartbeat_interval_s)
     if ended:
         log.warning("cycle %s ended by timeout: %d job(s) never reported", cycle_id, ended)
-        app.send_task("tasks.report_cycle", args=[cycle_id], queue=RESULTS_QUEUE)
+        results.report_cycle(r, cycle_id, settings)
         return frozenset()
     unsent = {(cycle_id, job["id"]): job for job in cycles.unsent(r, cycle_id)}
     stuck = [job for seen, job in unsent.items() if seen in seen_unsent]
