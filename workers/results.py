@@ -183,6 +183,7 @@ class Drainer:
             RESULTS_CLAIM_IDLE, 2 * (settings.carbon_retry_max_s + settings.carbon_timeout_s))))
         self.stop = stop or threading.Event()
         self._own_pending = True   # a restart under the same name reads its own entries first
+        self._own_cursor = "-"
         self._next_claim = 0.0
         self._claim_cursor = "0-0"
         self._next_status = 0.0
@@ -250,26 +251,26 @@ class Drainer:
 
     def _next_batch(self, block_ms: int) -> list[tuple[str, dict[str, str]]]:
         self._ensure_group()
-        if self._own_pending:
-            mine = self._read("0", None)
-            if mine:
-                return mine
+        if self._own_pending:  # once through, from the start: each is then unsettled
+            pending = self.r.xpending_range(STREAM, GROUP, self._own_cursor, "+", self.batch,
+                                            consumername=self.consumer)
+            if pending:
+                ids = [p["message_id"] for p in pending]
+                self._own_cursor = "(" + ids[-1]
+                # XCLAIM to ourselves returns the entries; trimmed ones leave the PEL.
+                return [(i, f) for i, f in self.r.xclaim(STREAM, GROUP, self.consumer, 0, ids)
+                        if f]
             self._own_pending = False
         if time.monotonic() >= self._next_claim:
             claimed = self._claim()
             if claimed:
                 return claimed
-        return self._read(">", block_ms)
+        return self._read(">", block_ms)  # new entries only: never a trimmed one
 
     def _read(self, start: str, block_ms: int | None) -> list[tuple[str, dict[str, str]]]:
         reply = self.r.xreadgroup(GROUP, self.consumer, {STREAM: start}, count=self.batch,
                                   block=block_ms)
-        # A trimmed entry still pending with us comes back as (id, None): nothing to send.
-        entries = reply[0][1] if reply else []
-        gone = [entry_id for entry_id, fields in entries if not fields]
-        if gone:
-            self.r.xack(STREAM, GROUP, *gone)
-        return [(entry_id, fields) for entry_id, fields in entries if fields]
+        return reply[0][1] if reply else []
 
     def _claim(self) -> list[tuple[str, dict[str, str]]]:
         """Entries a dead handler left pending longer than claim_idle: ours now."""
