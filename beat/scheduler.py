@@ -60,14 +60,21 @@ def emit_cycle(app, r, settings: config.Settings, now: float | None = None,
     if holder is not None:
         log.warning("cycle: previous cycle %s still running; this one is skipped (overlap)",
                     holder)
-        results.hand_over_lines(r, f"overlap:{cycle_id}", [metrics.line(
-            f"{settings.scheduler_prefix}.cycle.overlap", 1, now)], settings)
+        send_lines(app, [metrics.line(f"{settings.scheduler_prefix}.cycle.overlap", 1, now)],
+                   key=f"overlap:{cycle_id}")
         return None
     r.incr(CYCLE_NUMBER)
     cycles.send(app, cycle_id, ready, r)
     log.info("cycle %s (#%d): %d %s job(s) planned, %d sent", cycle_id, number,
              len(cycle_plan.jobs), cycle_plan.strategy, len(ready))
     return cycle_id
+
+
+def send_lines(app, lines: list[str], key: str | None = None) -> None:
+    """Beat's own series (scheduler health) to the result handler, through the durable result
+    stream (workers.results), with their own timestamps: the one place beat sends lines.
+    `key` makes a re-send of the same lines a no-op. `app` is unused (kept for callers)."""
+    results.hand_over_lines(store.client(), key or f"beat:{uuid.uuid4().hex}", lines)
 
 
 def skip_vanished(app, r, settings: config.Settings) -> int:
