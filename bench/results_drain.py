@@ -59,7 +59,7 @@ def received(carbon: Carbon, since: float) -> int:
                               timeout=120).stdout)
 
 
-def settled_received(carbon: Carbon, since: float, expected: int, timeout: float = 120) -> int:
+def settled_received(carbon: Carbon, since: float, expected: int, timeout: float = 60) -> int:
     """carbon's received count once it stops moving (or reaches `expected`)."""
     deadline = time.monotonic() + timeout
     last = -1
@@ -134,22 +134,36 @@ def start_handler(redis_url: str, carbon: Carbon, log_dir: Path) -> LabProcess:
          "results@bench", *FAST_START], log_path=log, env=env, cwd=log_dir), log)
 
 
-def wait_drained(r: redis.Redis, timeout: float) -> tuple[float, float]:
-    """(monotonic time of the first delivery, of the empty stream)."""
+def wait_read(r: redis.Redis, timeout: float) -> tuple[float, float]:
+    """(monotonic time the handler first read from the stream, time it had read it all: the
+    group's last delivered id is the stream's last id). Each batch is written to carbon before
+    the next is read, so this is the time to write all but the last batch; settling
+    (acknowledge and delete, after the replay window) follows."""
+    def delivered_id() -> str:
+        return r.xinfo_groups(results.STREAM)[0]["last-delivered-id"]
+
+    before = delivered_id()
+    last_id = r.xinfo_stream(results.STREAM)["last-generated-id"]
     first = None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        with r.pipeline(transaction=False) as pipe:
-            pipe.get(results.DELIVERED)
-            pipe.xlen(results.STREAM)
-            delivered, length = pipe.execute()
+        current = delivered_id()
         now = time.monotonic()
-        if first is None and int(delivered or 0) > 0:
+        if first is None and current != before:
             first = now
-        if first is not None and length == 0:
+        if first is not None and current == last_id:
             return first, now
-        time.sleep(0.02)
-    raise TimeoutError(f"the stream did not drain within {timeout} s")
+        time.sleep(0.005)
+    raise TimeoutError(f"the handler did not read the stream within {timeout} s")
+
+
+def wait_drained(r: redis.Redis, timeout: float) -> None:
+    """Until the stream is empty: every entry written and settled."""
+    deadline = time.monotonic() + timeout
+    while r.xlen(results.STREAM):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the stream did not drain within {timeout} s")
+        time.sleep(0.1)
 
 
 def in_process(r: redis.Redis, carbon: Carbon, settings: config.Settings, n: int, base: int,
@@ -157,7 +171,8 @@ def in_process(r: redis.Redis, carbon: Carbon, settings: config.Settings, n: int
     """Datapoints per second of the drainer in this process with `batch`, on n results."""
     points = fill(r, settings, n, base)
     client = CarbonClient("127.0.0.1", carbon.line_port, 5.0)
-    drainer = results.Drainer(r, client, settings, f"bench-{batch}", batch=batch)
+    drainer = results.Drainer(r, client, settings, f"bench-{batch}", batch=batch,
+                              replay_window_s=0)
     drainer._next_status = float("inf")
     start = time.perf_counter()
     while r.xlen(results.STREAM):
@@ -191,8 +206,9 @@ def report(argv: list[str], n: int, outage_s: int, rate: int) -> str:
         common.log(f"{n:,} results ({points:,} datapoints) in the stream; starting the handler")
         handler = start_handler(server.url, carbon, carbon.state_dir)
         try:
-            first, last = wait_drained(r, 600)
+            first, last = wait_read(r, 200)
             rate_handler = points / max(last - first, 1e-6)
+            wait_drained(r, 60)
             common.log(f"handler: {rate_handler:,.0f} datapoints/s")
             got = settled_received(carbon, since, points)
 
