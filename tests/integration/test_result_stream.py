@@ -222,7 +222,7 @@ def test_a_batch_carbon_lost_as_it_stopped_is_written_again(env, carbon):
     """Carbon reads a batch and stops before storing it (carbon-cache 1.1.7 does not drain its
     cache on SIGTERM; the plaintext protocol has no acknowledgement): the batch stays pending
     through the replay window, and the handler, finding the connection closed, writes it
-    again into the next one. With replay_window_s=0 this test fails (the points are lost)."""
+    again into the next one."""
     since = time.time() - 1
     base = int(time.time()) - 2400
     handed = [_result(i, base + i) for i in range(20)]
