@@ -10,7 +10,7 @@ and `begin` returns the jobs that wait for nothing. Each finished job calls `adv
 script: count, release successors, end the cycle), whose ready jobs the finishing worker sends
 at once (`send` notes them as sent): the next round starts when the previous round's tests
 finish, pair by pair, not on a timer. A cycle that ends deletes its bookkeeping at once and
-the rest once its report is sent (`forget`), so Redis holds the running cycle, not the
+the rest once its report is added to the result stream (`forget`), so Redis holds the running cycle, not the
 history. The guard and all cycle keys have a TTL, so jobs that never report (a node that
 vanished) cannot block monitoring for longer; beat's watch ends such a cycle just before
 (`end_overdue`) so it is reported, and sends jobs released but never sent (`unsent`).
@@ -164,6 +164,16 @@ def forget(r: redis.Redis, cycle_id: str) -> None:
     """The cycle's report was sent: delete what is left of it (its jobs, meta and stats; the
     rest went when it ended). A job of it arriving later finds it gone and is not run."""
     r.delete(*(cycle_key(cycle_id, part) for part in _PARTS))
+
+
+def ended_unreported(r: redis.Redis, cycle_id: str) -> bool:
+    """The cycle ended (its `remaining` counter is gone) but its report was never added (its
+    jobs hash is still there: `forget` deletes it after the report)."""
+    with r.pipeline(transaction=False) as pipe:
+        pipe.exists(cycle_key(cycle_id, "jobs"))
+        pipe.exists(cycle_key(cycle_id, "remaining"))
+        jobs, remaining = pipe.execute()
+    return bool(jobs) and not remaining
 
 
 def unsent(r: redis.Redis, cycle_id: str) -> list[dict[str, Any]]:

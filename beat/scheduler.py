@@ -18,8 +18,7 @@ from types import SimpleNamespace
 from celery.beat import Scheduler
 
 from beat import cycles, plan
-from workers import config, liveness, metrics, registry, store
-from workers.defaults import RESULTS_QUEUE
+from workers import config, liveness, metrics, registry, results, store
 from workers.store import key
 
 log = logging.getLogger(__name__)
@@ -68,7 +67,8 @@ def emit_cycle(app, r, settings: config.Settings, now: float | None = None,
     if holder is not None:
         log.warning("cycle: previous cycle %s still running; this one is skipped (overlap)",
                     holder)
-        send_lines(app, [metrics.line(f"{settings.scheduler_prefix}.cycle.overlap", 1, now)])
+        send_lines(app, [metrics.line(f"{settings.scheduler_prefix}.cycle.overlap", 1, now)],
+                   key=f"overlap:{cycle_id}")
         return None
     r.incr(CYCLE_NUMBER)
     if cycle_plan.rate is not None:
@@ -79,10 +79,11 @@ def emit_cycle(app, r, settings: config.Settings, now: float | None = None,
     return cycle_id
 
 
-def send_lines(app, lines: list[str]) -> None:
-    """Beat's own series (scheduler health) to the result handler: the one place beat sends
-    lines, so where they go is decided here."""
-    app.send_task("tasks.publish_lines", queue=RESULTS_QUEUE, ignore_result=True, args=[lines])
+def send_lines(app, lines: list[str], key: str | None = None) -> None:
+    """Beat's own series (scheduler health) to the result handler, through the durable result
+    stream (workers.results), with their own timestamps: the one place beat sends lines.
+    `key` makes a re-send of the same lines a no-op. `app` is unused (kept for callers)."""
+    results.hand_over_lines(store.client(), key or f"beat:{uuid.uuid4().hex}", lines)
 
 
 def note_rate(app, r, settings: config.Settings, rate: plan.SampledRate, nodes: int,
@@ -120,8 +121,7 @@ def skip_vanished(app, r, settings: config.Settings) -> int:
                     queue[5:])
         skipped += 1
         if finished:
-            app.send_task("tasks.report_cycle", args=[cycle_id], queue=RESULTS_QUEUE,
-                          ignore_result=True)
+            results.report_cycle(r, cycle_id, settings)
     return skipped
 
 
@@ -143,8 +143,7 @@ def watch(app, r, settings: config.Settings, seen_unsent: frozenset = frozenset(
     ended = cycles.end_overdue(r, cycle_id, 3000 * settings.heartbeat_interval_s)
     if ended:
         log.warning("cycle %s ended by timeout: %d job(s) never reported", cycle_id, ended)
-        app.send_task("tasks.report_cycle", args=[cycle_id], queue=RESULTS_QUEUE,
-                      ignore_result=True)
+        results.report_cycle(r, cycle_id, settings)
         return frozenset()
     unsent = {(cycle_id, job["id"]): job for job in cycles.unsent(r, cycle_id)}
     stuck = [job for seen, job in unsent.items() if seen in seen_unsent]

@@ -338,8 +338,12 @@ class Carbon(_Service):
         pickle_port: int | None = None,
         query_port: int | None = None,
         retentions: str = "1s:6h,60s:7d",
+        extra: dict[str, str] | None = None,
     ):
+        """``extra``: more carbon.conf settings, e.g. ``{"CARBON_METRIC_INTERVAL": "1"}`` for
+        carbon's own counters (``carbon.agents.*.metricsReceived``) every second."""
         super().__init__(bind, state_dir, log_dir)
+        self.extra = dict(extra or {})
         self.line_port = line_port or free_port(bind)
         self.pickle_port = pickle_port or free_port(bind)
         self.query_port = query_port or free_port(bind)
@@ -379,6 +383,7 @@ class Carbon(_Service):
             # Tags would make carbon POST every tagged series to graphite-web's tag DB.
             "ENABLE_TAGS": "False",
             "ENABLE_LOGROTATION": "False",
+            **self.extra,
         }
         body = "".join(f"{key} = {value}\n" for key, value in settings.items())
         (self.conf_dir / "carbon.conf").write_text("[cache]\n" + body)

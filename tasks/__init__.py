@@ -1,9 +1,11 @@
 """The Celery task entry points. Thin: each reads like a sentence and calls plain modules.
 
 - tasks.measure: take the test's resources, run it from this node, release, hand the result to
-  the result handler, and send the cycle's jobs that were waiting for this one.
-- tasks.publish: (result handler, queue `results`) write a result's lines to carbon.
-- tasks.publish_lines / tasks.report_cycle: (result handler) scheduler health to carbon.
+  the result handler (the durable result stream, workers.results), send the cycle's jobs that
+  were waiting for this one, and report the cycle when this job ended it.
+- tasks.publish / tasks.publish_lines / tasks.report_cycle: (result handler, queue `results`)
+  the hand-overs of earlier versions, kept for messages still queued at an upgrade and for
+  agents not yet upgraded: each adds its result or lines to the same stream.
 """
 from __future__ import annotations
 
@@ -12,16 +14,15 @@ import logging
 import random
 from typing import Any
 
+import redis as redis_errors
 from celery.exceptions import Retry
 
 from beat import cycles
-from workers import (app, config, health, jobs, ledger, locks, metrics, progress, registry,
+from workers import (app, config, health, jobs, ledger, locks, progress, registry, results,
                      runners, store)
-from workers.carbon import CarbonUnavailable
 from workers.defaults import (HAND_OVER_BACKOFF_CAP, HAND_OVER_RETRIES, LOCK_BACKOFF_CAP,
-                              LOCK_SLACK, RESULTS_QUEUE)
+                              LOCK_SLACK)
 from workers.measurement import Reason
-from workers.publisher import carbon_client
 
 log = logging.getLogger(__name__)
 
@@ -91,18 +92,19 @@ def _run_attempt(task, request, settings, redis, task_id) -> dict[str, Any]:
 def _hand_over(task, redis, request: jobs.Request, task_id: str, result: dict[str, Any],
                redelivered: bool = False) -> None:
     """Remember the result, hand it to the result handler, advance the cycle. Remembering
-    first makes every later step repeatable: when publishing or advancing fails, the task is
+    first makes every later step repeatable: when handing over or advancing fails, the task is
     retried and its retry takes the handed-over path (`redelivered`), which finishes the job
-    without measuring again."""
+    without measuring again. The hand-over adds the result to the durable result stream once
+    per task id (workers.results), however often this runs."""
     if not redelivered:
         try:
             ledger.mark_handed_over(redis, task_id, result)
         except Exception as exc:
             log.error("could not record test %s as handed over: %s", task_id, exc)
     try:
-        if not (redelivered and ledger.published(redis, task_id)):
-            _publish(redis, task_id, result)
-        _advance_cycle(redis, request, result)
+        _note_health(result)  # before the advance: the cycle's report reads what it notes
+        results.hand_over(redis, task_id, result)
+        _advance_cycle(redis, request, result, redelivered)
     except Exception as exc:
         tries = task.request.retries
         if tries >= HAND_OVER_RETRIES:
@@ -112,14 +114,6 @@ def _hand_over(task, redis, request: jobs.Request, task_id: str, result: dict[st
         countdown = min(2 ** tries, HAND_OVER_BACKOFF_CAP)
         log.error("test %s: hand-over failed (%s); retried in %s s", task_id, exc, countdown)
         raise task.retry(countdown=countdown, max_retries=None, exc=exc)
-
-
-def _publish(redis, task_id: str, result: dict[str, Any]) -> None:
-    app.send_task("tasks.publish", args=[result], queue=RESULTS_QUEUE, ignore_result=True)
-    try:
-        ledger.mark_published(redis, task_id)
-    except Exception as exc:  # a redelivery publishes once more: the same lines, harmless
-        log.warning("could not record test %s as published: %s", task_id, exc)
 
 
 def _measure_exclusively(task, request, settings, redis, task_id, attempt) -> dict[str, Any]:
@@ -170,7 +164,11 @@ def _lock_outcome(redis, lease) -> tuple[bool, str | None]:
     return expired, doubt
 
 
-def _advance_cycle(redis, request: jobs.Request, result: dict[str, Any]) -> None:
+def _advance_cycle(redis, request: jobs.Request, result: dict[str, Any],
+                   redelivered: bool = False) -> None:
+    """Count the job, send the jobs it released; the job that ends the cycle reports it, now,
+    with this moment's time. A redelivered job whose cycle ended but was never reported (its
+    worker died in between) reports it: once per cycle, whoever comes first."""
     if not (request.cycle and request.job):
         return
     seconds = max(0.0, result["end"] - result["start"])
@@ -178,43 +176,12 @@ def _advance_cycle(redis, request: jobs.Request, result: dict[str, Any]) -> None
     finished, ready = cycles.advance(redis, request.cycle, request.job, jobs.outcome(result),
                                      busy)
     cycles.send(app, request.cycle, ready, redis)
-    if finished:
-        app.send_task("tasks.report_cycle", args=[request.cycle], queue=RESULTS_QUEUE,
-                      ignore_result=True)
+    if finished or (redelivered and cycles.ended_unreported(redis, request.cycle)):
+        results.report_cycle(redis, request.cycle)
 
 
-def _deliver(task, lines: list[str], what: str) -> int:
-    settings = config.get()
-    try:
-        carbon_client(settings).send(metrics.encode(lines))
-    except CarbonUnavailable as exc:
-        delay = min(2 ** task.request.retries, settings.carbon_retry_max_s)
-        log.warning("carbon unavailable (%s); %s kept, retrying in %ss", exc, what, delay)
-        raise task.retry(countdown=delay, exc=exc)
-    for entry in lines:
-        log.info("sent %s", entry)
-    return len(lines)
-
-
-UNPUBLISHABLE = store.key("results", "unpublishable")
-"""Results the result handler could not turn into lines (a bug, or a newer agent's format):
-kept here, newest first, for an operator; at most UNPUBLISHABLE_MAX of them."""
-UNPUBLISHABLE_MAX = 1000
-
-
-@app.task(name="tasks.publish", bind=True, max_retries=None)
-def publish(self, result: dict[str, Any]) -> int:
-    """Write one result to carbon; returns the number of lines written. While carbon is
-    unreachable the message is retried (and stays queued), so nothing is lost. Nothing else
-    stops a result: a failing health note is logged and the lines go out anyway."""
-    what = f"result {result.get('task_id') if isinstance(result, dict) else '?'}"
-    try:
-        lines = metrics.lines_for(result, config.get())
-    except Exception as exc:
-        _keep_unpublishable(result, exc)
-        return 0
-    _note_health(result)
-    return _deliver(self, lines, what)
+UNPUBLISHABLE = results.UNPUBLISHABLE
+"""Results the result handler could not turn into lines: see workers.results."""
 
 
 def _note_health(result: dict[str, Any]) -> None:
@@ -225,46 +192,48 @@ def _note_health(result: dict[str, Any]) -> None:
                   result.get("task_id"), exc)
 
 
-def _keep_unpublishable(result: Any, exc: Exception) -> None:
-    text = json.dumps(result, default=repr)
-    log.error("result cannot be written as carbon lines (%s); kept in %s: %s", exc,
-              UNPUBLISHABLE, text)
+def _to_stream(task, add, what: str):
+    """Run `add` (a hand-over to the result stream); a Redis error retries the message."""
     try:
-        with store.client().pipeline() as pipe:
-            pipe.lpush(UNPUBLISHABLE, text)
-            pipe.ltrim(UNPUBLISHABLE, 0, UNPUBLISHABLE_MAX - 1)
-            pipe.execute()
-    except Exception as again:  # the log line above still has it
-        log.error("could not keep result in %s: %s", UNPUBLISHABLE, again)
+        return add()
+    except redis_errors.RedisError as exc:
+        delay = min(2 ** task.request.retries, config.get().carbon_retry_max_s)
+        log.warning("could not add %s to the result stream (%s); retrying in %ss", what, exc,
+                    delay)
+        raise task.retry(countdown=delay, exc=exc)
 
 
-@app.task(name="tasks.publish_lines", bind=True, max_retries=None)
+@app.task(name="tasks.publish", bind=True, max_retries=None, ignore_result=True)
+def publish(self, result: dict[str, Any]) -> int:
+    """A result handed over by an earlier version (a message queued before an upgrade, an agent
+    not yet upgraded): add it to the durable result stream, keyed by its task id like a
+    current agent's, so it is delivered once. Returns 1 when added, 0 when it was there."""
+    if not isinstance(result, dict):
+        results.keep_unpublishable(store.client(), result, ValueError("not a JSON object"))
+        return 0
+    task_id = str(result.get("task_id") or f"publish-{self.request.id}")
+    _note_health(result)
+    added = _to_stream(self, lambda: results.hand_over(store.client(), task_id, result),
+                       f"result {task_id}")
+    return 1 if added else 0
+
+
+@app.task(name="tasks.publish_lines", bind=True, max_retries=None, ignore_result=True)
 def publish_lines(self, lines: list[str]) -> int:
-    """Write prepared lines (beat's own health series) to carbon: only well-formed lines under
-    CBANDWIDTH_SCHEDULER_PREFIX; anything else (a forged message writing measurement series)
-    is refused with an error line."""
-    prefix = config.get().scheduler_prefix + "."
-    accepted = []
-    for entry in lines if isinstance(lines, list) else [lines]:
-        try:
-            checked = metrics.checked_line(entry)
-        except ValueError as exc:
-            log.error("health line refused: %s", exc)
-            continue
-        if not checked.startswith(prefix):
-            log.error("health line refused: %r is not under %s", checked, prefix[:-1])
-            continue
-        accepted.append(checked)
-    return _deliver(self, accepted, "health lines") if accepted else 0
+    """Prepared lines (beat's health series) from an earlier version's beat: added to the
+    result stream; only well-formed lines under CBANDWIDTH_SCHEDULER_PREFIX, anything else (a
+    forged message writing measurement series) is refused with an error line. Returns the
+    number of lines accepted."""
+    accepted = results.scheduler_lines(lines, config.get())
+    if accepted:
+        _to_stream(self, lambda: results.hand_over_lines(
+            store.client(), f"lines:{self.request.id}", accepted), "health lines")
+    return len(accepted)
 
 
-@app.task(name="tasks.report_cycle", bind=True, max_retries=None)
+@app.task(name="tasks.report_cycle", bind=True, max_retries=None, ignore_result=True)
 def report_cycle(self, cycle_id: str) -> int:
-    """A cycle finished: write its health (duration, coverage, failures, busy fractions, the
-    age of each pair's newest good sample), then delete the cycle's last keys."""
-    settings = config.get()
-    redis = store.client()
-    lines = health.cycle_lines(redis, cycle_id, settings)
-    sent = _deliver(self, lines, f"report of cycle {cycle_id}")
-    cycles.forget(redis, cycle_id)  # a retry (carbon away) recomputes it: kept until sent
-    return sent
+    """An earlier version's request to report a cycle: computed now (as that version did) and
+    added to the result stream, once per cycle."""
+    return len(_to_stream(self, lambda: results.report_cycle(store.client(), str(cycle_id)),
+                          f"report of cycle {cycle_id}"))

@@ -9,10 +9,12 @@ from celery import Celery
 app = Celery("cloud-bandwidth")
 app.config_from_object("workers.celeryconfig")
 
-# Node-agent parts: the registry heartbeat (a consumer bootstep) and the test servers; and the
+# Node-agent parts: the registry heartbeat (a consumer bootstep) and the test servers; the result
+# handler's drainer of the durable result stream (a consumer bootstep, workers.results); and the
 # liveness file container health checks read (workers.liveness; only with
 # CBANDWIDTH_HEALTH_FILE set).
-from workers import agent, liveness  # noqa: E402
+from workers import agent, liveness, results  # noqa: E402
 
 agent.install(app)
 liveness.install(app)
+results.install(app)

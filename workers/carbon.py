@@ -26,6 +26,9 @@ class CarbonClient:
         reading its sockets, and the result handler must not hang on it forever."""
         self.host, self.port, self.timeout_s = host, port, timeout_s
         self._sock: socket.socket | None = None
+        self.connections = 0
+        """How many connections were opened: what was written into an earlier one may have
+        been lost with it (workers.results replays it)."""
 
     def send(self, payload: bytes) -> None:
         """Write one batch of newline-terminated lines. Raises CarbonUnavailable."""
@@ -37,6 +40,16 @@ class CarbonClient:
         except OSError as exc:
             self.close()
             raise CarbonUnavailable(f"writing to carbon {self.host}:{self.port}: {exc}") from exc
+
+    def connect(self) -> int:
+        """Connect if not connected (or carbon hung up); returns the connection's number.
+        Raises CarbonUnavailable."""
+        self._connected()
+        return self.connections
+
+    def alive(self) -> bool:
+        """Connected, and carbon has not hung up (no data is sent)."""
+        return self._sock is not None and not self._peer_closed(self._sock)
 
     def close(self) -> None:
         if self._sock is not None:
@@ -55,6 +68,7 @@ class CarbonClient:
             except OSError as exc:
                 raise CarbonUnavailable(
                     f"connecting to carbon {self.host}:{self.port}: {exc}") from exc
+            self.connections += 1
             self._sock.settimeout(self.timeout_s)
             self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return self._sock

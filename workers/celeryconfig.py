@@ -55,7 +55,8 @@ def _own_exchange(name: str) -> Queue:
 
 task_queues = (_own_exchange(_settings.node_queue), _own_exchange(defaults.SHARED_QUEUE))
 task_default_queue = defaults.SHARED_QUEUE
-task_routes = {"tasks.publish": {"queue": defaults.RESULTS_QUEUE}}
+task_routes = {name: {"queue": defaults.RESULTS_QUEUE}
+               for name in ("tasks.publish", "tasks.publish_lines", "tasks.report_cycle")}
 task_create_missing_queues = True
 
 # One test at a time per node: two tests from one node would share its NIC and distort both.

@@ -89,6 +89,7 @@ class Settings:
     max_attempts: int = defaults.MAX_ATTEMPTS
     carbon_timeout_s: float = defaults.CARBON_TIMEOUT
     carbon_retry_max_s: int = defaults.CARBON_RETRY_MAX
+    results_backlog_max: int = defaults.RESULTS_BACKLOG_MAX
     visibility_timeout_s: int = defaults.VISIBILITY_TIMEOUT
     heartbeat_interval_s: int = defaults.HEARTBEAT_INTERVAL
     traffic_budget_bytes_per_hour: int | None = None   # sampled: None = no budget
@@ -538,6 +539,8 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         max_attempts=_int(r, p + "MAX_ATTEMPTS", defaults.MAX_ATTEMPTS, 1, 100),
         carbon_timeout_s=_float(r, p + "CARBON_TIMEOUT", defaults.CARBON_TIMEOUT, 0.1, 300),
         carbon_retry_max_s=_int(r, p + "CARBON_RETRY_MAX", defaults.CARBON_RETRY_MAX, 1, 300),
+        results_backlog_max=_int(r, p + "RESULTS_BACKLOG_MAX", defaults.RESULTS_BACKLOG_MAX,
+                                 100, 100_000_000),
         visibility_timeout_s=visibility,
         heartbeat_interval_s=_int(r, p + "HEARTBEAT_INTERVAL", defaults.HEARTBEAT_INTERVAL,
                                   1, 3600),

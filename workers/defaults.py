@@ -55,10 +55,27 @@ CARBON_TIMEOUT = 5
 """Seconds for connecting to carbon and for one send (CBANDWIDTH_CARBON_TIMEOUT)."""
 
 CARBON_RETRY_MAX = 30
-"""Longest pause in seconds between two tries to deliver a result while carbon is unreachable
-(CBANDWIDTH_CARBON_RETRY_MAX). The pause doubles from 1 s up to this. Kept far below the
-visibility timeout: a countdown longer than it would have the message re-delivered in a loop
-(kombu on Redis)."""
+"""Longest pause in seconds between two tries to deliver a batch of results while carbon is
+unreachable (CBANDWIDTH_CARBON_RETRY_MAX). The pause doubles from 1 s up to this."""
+
+RESULTS_BACKLOG_MAX = 500_000
+"""Entries (results, cycle reports) the durable result stream keeps while carbon is unreachable
+(CBANDWIDTH_RESULTS_BACKLOG_MAX). Past it the oldest entries are dropped and counted
+(workers.results). About 720 B of Redis memory per mesh result (bench.results_drain): 360 MB at the default."""
+
+RESULTS_BATCH = 500
+"""Stream entries the result handler turns into lines and writes to carbon in one write."""
+
+RESULTS_REPLAY_WINDOW = 5
+"""Seconds a batch written to carbon stays pending (not deleted) with the result handler: only
+when carbon's connection is still open this long after it was written is the batch settled.
+A connection carbon closed before (it stopped or crashed, possibly with the batch unread or
+unstored: the plaintext protocol has no acknowledgement) has its batches written again."""
+
+RESULTS_CLAIM_IDLE = 60
+"""Seconds an entry may sit unacknowledged with a result handler (that died mid-batch) before
+another one, or its restart, takes it over (XAUTOCLAIM). A live handler retrying a batch
+touches its entries well within this, so two live handlers never deliver one entry."""
 
 VISIBILITY_TIMEOUT = 900
 """Seconds an unacknowledged message stays with the worker that fetched it before Redis hands it

@@ -4,7 +4,8 @@ One hash, `cbw:flows:latest`, field `<src> <dst>` (an ordered pair of node names
 JSON record: the newest test's start, status and failure reason, the newest good rate and its
 start, the last HISTORY good rates (for the flow's own recent median) and when the current streak
 began. Bounded: one field per ordered pair of nodes that ever measured each other, about 200
-bytes each. The result handler writes it (workers.health.note_result) beside carbon, in one Lua
+bytes each. The agent that measured writes it (workers.health.note_result) as it hands the result over (so
+the cycle's report, computed when the cycle ends, sees it), in one Lua
 call per direction that also publishes the field on `cbw:flows:updates` (so `matrix --watch`
 redraws as results arrive). Readers scan the hash in batches: a 1,000-node mesh is a few dozen
 round trips, not one per pair.

@@ -6,7 +6,8 @@
 - handed-over: a test whose result was recorded is not measured again when its message comes
   back (the worker died between hand-over and ack, or the hand-over failed and was retried),
   so Graphite never gets two different values for one test.
-- published: the recorded result reached the results queue; a redelivery publishes it only
+- published: the recorded result was added to the durable result stream (workers.results; the
+  value is the stream entry's id), in the same Lua call as the entry: a redelivery adds it only
   when that never happened.
 
 The hash lives `ttl_s(settings)` from its last write, then it is of no use: see there.
@@ -45,8 +46,12 @@ def ttl_s(settings: config.Settings) -> int:
             + HAND_OVER_BACKOFF_TOTAL)
 
 
-def _name(task_id: str) -> str:
+def key_of(task_id: str) -> str:
+    """The name of task_id's hash (workers.results marks `published` in it atomically)."""
     return key("task", task_id)
+
+
+_name = key_of
 
 
 def _write(r: redis.Redis, task_id: str, **fields: Any) -> list[Any]:

@@ -78,6 +78,32 @@ class TaskEnv:
                           "id": message["headers"]["id"]})
         return list(reversed(found))  # kombu LPUSHes: oldest last
 
+    def stream(self) -> list[dict[str, Any]]:
+        """The entries of the durable result stream, oldest first: [{id, kind, key, body}]."""
+        from workers import results
+
+        return [{"id": entry_id, "kind": fields["kind"], "key": fields["key"],
+                 "body": json.loads(fields["body"])}
+                for entry_id, fields in self.redis.xrange(results.STREAM)]
+
+    def drain(self, carbon_port: int | None = None, **options: Any) -> int:
+        """Run the result handler's drainer here until the stream is empty (against this env's
+        carbon stand-in, or a real carbon-cache's port); returns the entries delivered."""
+        from workers import results
+        from workers.carbon import CarbonClient
+
+        client = CarbonClient("127.0.0.1", carbon_port or self.carbon.port, 5.0)
+        options.setdefault("replay_window_s", 0.0)  # settled as soon as written
+        drainer = results.Drainer(self.redis, client, self.settings, "test-drainer", **options)
+        drainer._next_status = float("inf")  # no status lines unless a test asks for them
+        delivered = 0
+        try:
+            while self.redis.xlen(results.STREAM) or drainer._own_pending or drainer.unsettled:
+                delivered += drainer.step(block_ms=10)
+        finally:
+            client.close()
+        return delivered
+
 
 def register(r, *names: str, ttl_s: int = 600) -> None:
     """Registry entries as node agents write them (addresses in 198.18.0.0/15)."""

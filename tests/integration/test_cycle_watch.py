@@ -8,7 +8,7 @@ import pytest
 from beat import cycles, scheduler
 from beat.plan import Job
 from tests.integration.inprocess import make_env, register
-from workers import app, health
+from workers import app
 
 
 @pytest.fixture
@@ -47,15 +47,14 @@ def test_a_cycle_about_to_expire_ends_by_timeout_and_is_reported_once(env):
         env.redis.pexpire(key, 20_000)  # 20 s left, within 3 heartbeats (30 s)
     scheduler.watch(app, env.redis, env.settings)
     assert cycles.active(env.redis) is None  # the next cycle may start
-    reports = [m for m in env.queued("results") if m["task"] == "tasks.report_cycle"]
-    assert [m["args"] for m in reports] == [["c1"]]
-    lines = health.cycle_lines(env.redis, "c1", env.settings)
+    [report] = [e for e in env.stream() if e["key"] == "report:c1"]  # computed by beat, now
+    lines = report["body"]
     assert any(entry.startswith("bandwidth.scheduler.cycle.mesh.failed.cycle_timeout 2 ")
                for entry in lines), lines
     # The job that was running reports late: nothing changes, nothing is reported again.
     assert cycles.advance(env.redis, "c1", "j1", "ok") == (False, [])
-    assert len([m for m in env.queued("results") if m["task"] == "tasks.report_cycle"]) == 1
-    assert cycles.summary(env.redis, "c1")[1].get("outcome:ok") is None
+    assert len([e for e in env.stream() if e["key"] == "report:c1"]) == 1
+    assert cycles.summary(env.redis, "c1") == ({}, {})  # reported and forgotten
 
 
 def test_a_queued_job_of_a_cycle_ended_by_timeout_is_not_run(env, monkeypatch):
@@ -69,4 +68,4 @@ def test_a_queued_job_of_a_cycle_ended_by_timeout_is_not_run(env, monkeypatch):
     outcome = tasks.measure.apply(kwargs={"target": "198.18.0.2", "cycle": "c1", "job": "j1"},
                                   task_id="t-after-timeout")
     assert outcome.successful(), outcome.traceback
-    assert [m for m in env.queued("results") if m["task"] == "tasks.publish"] == []
+    assert [e for e in env.stream() if e["kind"] == "result"] == []

@@ -10,7 +10,7 @@ import pytest
 import tasks
 from tests.conftest import wait_until
 from tests.integration.inprocess import make_env
-from workers import health
+from workers import health, results
 
 
 @pytest.fixture
@@ -32,7 +32,8 @@ def test_publish_delivers_even_when_the_health_note_fails(env, caplog):
     with caplog.at_level(logging.ERROR):
         outcome = tasks.publish.apply(args=[_mesh_result()])
     assert outcome.successful(), outcome.traceback
-    assert outcome.get() == 2
+    assert outcome.get() == 1  # added to the result stream
+    assert env.drain() == 1
     wait_until(lambda: "bandwidth.mesh.h1.h2 500000000 100" in env.carbon.lines, 5,
                what="the throughput line at carbon")
     assert "bandwidth.status.mesh.h1.h2 0 100" in env.carbon.lines
@@ -45,16 +46,17 @@ def test_publish_keeps_a_result_it_cannot_turn_into_lines(env, caplog):
     with caplog.at_level(logging.ERROR):
         outcome = tasks.publish.apply(args=[broken])
     assert outcome.successful(), outcome.traceback
-    assert outcome.get() == 0 and env.carbon.lines == []
+    assert env.drain() == 1 and env.carbon.lines == []  # no line in it; nothing stuck
 
 
 def test_publish_keeps_what_it_cannot_write_in_redis(env, monkeypatch, caplog):
     def broken(result, settings):
         raise RuntimeError("a bug in the line writer")
 
-    monkeypatch.setattr(tasks.metrics, "lines_for", broken)
+    monkeypatch.setattr(results.metrics, "lines_for", broken)
     with caplog.at_level(logging.ERROR):
         outcome = tasks.publish.apply(args=[_mesh_result()])
+        assert env.drain() == 0
     assert outcome.successful(), outcome.traceback
     [kept] = env.redis.lrange(tasks.UNPUBLISHABLE, 0, -1)
     assert '"task_id": "t1"' in kept and "a bug in the line writer" in caplog.text
@@ -89,7 +91,7 @@ def _ok_runner(sabotage=None):
 
 
 def _published(env):
-    return [m["args"][0] for m in env.queued("results") if m["task"] == "tasks.publish"]
+    return [e["body"] for e in env.stream() if e["kind"] == "result"]
 
 
 def _sent_jobs(env, queue="node.h1"):
@@ -231,7 +233,7 @@ def test_a_late_advance_after_the_cycle_expired_recreates_nothing_and_reports_no
     monkeypatch.setattr(tasks.runners, "run", pytest.fail)
     assert tasks.measure.apply(kwargs=request, task_id="t-late").successful()
     assert env.redis.keys("cbw:cycle:c1:*") == []
-    assert [m for m in env.queued("results") if m["task"] == "tasks.report_cycle"] == []
+    assert [e for e in env.stream() if e["key"] == "report:c1"] == []
 
 
 def test_publish_lines_writes_only_under_the_scheduler_prefix(env, caplog):
@@ -241,6 +243,7 @@ def test_publish_lines_writes_only_under_the_scheduler_prefix(env, caplog):
             "bandwidth.schedulerx.y 1 100"]])
     assert outcome.successful(), outcome.traceback
     assert outcome.get() == 1
+    env.drain()
     wait_until(lambda: env.carbon.lines, 5, what="the scheduler line at carbon")
     assert env.carbon.lines == ["bandwidth.scheduler.cycle.overlap 1 100"]
     assert "bandwidth.mesh.a.b" in caplog.text

@@ -109,6 +109,7 @@ def test_a_finished_and_reported_cycle_leaves_no_keys_and_a_late_job_changes_not
     outcome = tasks.report_cycle.apply(args=["c1"])
     assert outcome.successful(), outcome.traceback
     assert outcome.get() > 0
+    env.drain()
     wait_until(lambda: any(".sampled.coverage 1" in x for x in env.carbon.lines), 5,
                what="the report at carbon")
     # Left: only the constant keys, plus the one `cbw:cycle:last` record that

@@ -180,7 +180,7 @@ def matrix_command(env: Env, watch: bool, as_json: bool, as_csv: bool, show_all:
     """The latest rate of every mesh flow, source (rows) x destination (columns), coloured
     against each flow's own recent median; failed and stale cells marked, with their reason,
     age and since when below the matrix. Read from Redis (cbw:flows:latest, written by the
-    result handler beside Graphite): one scan, not one query per pair.
+    agents as they hand results over): one scan, not one query per pair.
 
     \b
     Examples:

@@ -1,7 +1,7 @@
 """`cloud-bandwidth matrix`: the latest rate of every flow, source x destination.
 
-Source: Redis, `cbw:flows:latest` (workers.flows), which the result handler writes beside
-Graphite. Redis rather than graphite-web's render API because the matrix needs per flow what
+Source: Redis, `cbw:flows:latest` (workers.flows), which the agents write as they hand results
+over. Redis rather than graphite-web's render API because the matrix needs per flow what
 Graphite does not hold in one place: the failure reason and since when, the last good rate
 and its age, the recent median. One hash scan answers it all (a few round trips at 1,000 nodes,
 where the render API would be a wildcard query over a million series), and `--watch` hears each
