@@ -15,8 +15,8 @@ from typing import Any
 from celery.exceptions import Retry
 
 from beat import cycles
-from workers import (app, config, health, jobs, ledger, locks, metrics, progress, registry,
-                     runners, store)
+from workers import (app, config, health, hosts, jobs, ledger, locks, metrics, progress,
+                     registry, runners, store)
 from workers.carbon import CarbonUnavailable
 from workers.defaults import (HAND_OVER_BACKOFF_CAP, HAND_OVER_RETRIES, LOCK_BACKOFF_CAP,
                               LOCK_SLACK, RESULTS_QUEUE)
@@ -123,9 +123,9 @@ def _publish(redis, task_id: str, result: dict[str, Any]) -> None:
 
 
 def _measure_exclusively(task, request, settings, redis, task_id, attempt) -> dict[str, Any]:
-    peer = request.peer or registry.find_by_address(redis, request.target)
+    peer, address = _identity(redis, request)
     resources = locks.resources_for(node=settings.node_name, tool=request.tool,
-                                    target=request.target, port=request.port, mode=request.mode,
+                                    target=address, port=request.port, mode=request.mode,
                                     peer=peer, aggregate_limit=settings.aggregate_max)
     ttl_ms = int(1000 * (request.longest_run_s(settings.timeout_margin_s) + LOCK_SLACK))
     report = progress.Reporter(task, redis, settings.node_name)
@@ -153,6 +153,21 @@ def _measure_exclusively(task, request, settings, redis, task_id, attempt) -> di
         log.warning("the lock of test %s expired before it finished (or could not be "
                     "checked): result flagged", task_id)
     return result
+
+
+def _identity(redis, request: jobs.Request) -> tuple[str | None, str]:
+    """(the registered node the test reaches, the address its locks are named after). Locks
+    name addresses, not the target's text: a test by DNS name and one by IP (or by node name)
+    of the same server or node take the same locks. A target that does not resolve (within
+    hosts.RESOLVE_TIMEOUT_S) keeps its text; its tool will report it unreachable."""
+    resolved = hosts.addresses(request.target)
+    node = registry.find_node(redis, [request.target, *resolved])
+    if node is not None:
+        own = hosts.addresses(node["address"])
+        address = own[0] if own else node["address"]
+    else:
+        address = resolved[0] if resolved else request.target
+    return request.peer or (node["name"] if node else None), address
 
 
 def _lock_outcome(redis, lease) -> tuple[bool, str | None]:

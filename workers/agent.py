@@ -11,7 +11,7 @@ import time
 
 from celery import bootsteps, signals
 
-from workers import config, locks, registry, store
+from workers import config, hosts, locks, registry, store
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,8 @@ _supervisor = None
 def _own_server_locked(settings: config.Settings) -> bool:
     """Is a test allowed to be using our iperf3 server right now (does anyone hold it)?"""
     r = store.client()
-    address = settings.node_address or settings.node_name
+    given = settings.node_address or settings.node_name
+    address = (hosts.addresses(given) or [given])[0]  # locks name addresses (tasks._identity)
     return any(locks.holder(r, name) for name in (
         f"node:{settings.node_name}", f"srv:iperf3:{address}:{settings.iperf3_port}"))
 

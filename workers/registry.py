@@ -133,8 +133,20 @@ def _checked(name: str, raw: str) -> tuple[dict[str, Any], str | None]:
 
 
 def find_by_address(r: redis.Redis, address: str) -> str | None:
-    """The name of the registered node serving at `address`, if any."""
-    for node in nodes(r):
-        if node.get("address") == address:
-            return node["name"]
+    """The name of the registered node serving at `address`, if any (textual match)."""
+    node = find_node(r, [address])
+    return node["name"] if node else None
+
+
+def find_node(r: redis.Redis, targets: list[str]) -> dict[str, Any] | None:
+    """The registered node a test of any of `targets` (the target as given and the addresses
+    it resolves to) would reach: the first whose address, or whose name, is one of them."""
+    wanted = set(targets)
+    live = nodes(r)
+    for node in live:
+        if node.get("address") in wanted:
+            return node
+    for node in live:
+        if node["name"] in wanted:
+            return node
     return None
