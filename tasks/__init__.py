@@ -129,8 +129,16 @@ def _measure_exclusively(task, request, settings, redis, task_id, attempt) -> di
                                     peer=peer, aggregate_limit=settings.aggregate_max)
     ttl_ms = int(1000 * (request.longest_run_s(settings.timeout_margin_s) + LOCK_SLACK))
     report = progress.Reporter(task, redis, settings.node_name)
-    lease = locks.acquire(redis, resources, ttl_ms, settings.lock_wait_s,
-                          owner=f"{task_id}:{attempt}", on_wait=report.waiting)
+    try:
+        lease = locks.acquire(redis, resources, ttl_ms, settings.lock_wait_s,
+                              owner=f"{task_id}:{attempt}",
+                              on_wait=_waiting(report, redis, settings.node_name))
+    except _Leaving:
+        # This agent is shutting down (SIGTERM, a rolling restart): hand the test back to
+        # its queue, where the restarted agent (or beat's skip, if it never returns) finds it.
+        ledger.end_attempt(redis, task_id)
+        log.info("test %s handed back: this agent is shutting down", task_id)
+        raise task.retry(countdown=1, max_retries=None)
     if lease is None:
         tries = task.request.retries
         if tries < settings.lock_retries:
@@ -153,6 +161,19 @@ def _measure_exclusively(task, request, settings, redis, task_id, attempt) -> di
         log.warning("the lock of test %s expired before it finished (or could not be "
                     "checked): result flagged", task_id)
     return result
+
+
+class _Leaving(Exception):
+    """This node agent is shutting down while its test waits for locks."""
+
+
+def _waiting(report: progress.Reporter, redis, node: str):
+    """locks.acquire's on_wait: show the wait, and stop waiting when this agent is leaving."""
+    def on_wait(busy: str, waited_s: float) -> None:
+        report.waiting(busy, waited_s)
+        if registry.leaving(redis, node):
+            raise _Leaving(node)
+    return on_wait
 
 
 def _identity(redis, request: jobs.Request) -> tuple[str | None, str]:

@@ -68,11 +68,25 @@ def announce(r: redis.Redis, info: dict[str, Any], ttl_s: int) -> None:
            int(ttl_s))
 
 
-def withdraw(r: redis.Redis, name: str) -> None:
+def withdraw(r: redis.Redis, name: str, leaving_s: int = 0) -> None:
+    """Remove the entry; with `leaving_s`, mark the node as shutting down for that long (its
+    test that still waits for locks hands its message back instead of waiting: `leaving`)."""
     with r.pipeline() as pipe:
         pipe.delete(key("node", name))
         pipe.zrem(INDEX, name)
+        if leaving_s:
+            pipe.set(key("leaving", name), 1, ex=int(leaving_s))
         pipe.execute()
+
+
+def leaving(r: redis.Redis, name: str) -> bool:
+    """Is node `name` shutting down (withdrawn with `leaving_s`, not started again)?"""
+    return bool(r.exists(key("leaving", name)))
+
+
+def arrived(r: redis.Redis, name: str) -> None:
+    """A node agent (re)started: it is not leaving any more."""
+    r.delete(key("leaving", name))
 
 
 def nodes(r: redis.Redis) -> list[dict[str, Any]]:
