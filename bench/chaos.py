@@ -72,6 +72,7 @@ class ChaosRedis(RedisServer):
             deadline = time.monotonic() + 20
             while time.monotonic() < deadline:  # the first rewrite writes the whole dataset
                 info = self.command("INFO", "persistence")
+                info = info.decode() if isinstance(info, bytes) else str(info)
                 if "aof_rewrite_in_progress:0" in info and "aof_enabled:1" in info:
                     break
                 time.sleep(0.2)
@@ -119,6 +120,7 @@ class Campaign:
         self.rng = random.Random(args.seed)
         self.faults: list[invariants.Fault] = []
         self.redis_wipes: list[float] = []
+        self.failed_injections: list[str] = []
         self.agents: dict[str, Any] = {}
         self.handler = None
         self.beat = None
@@ -222,7 +224,12 @@ class Campaign:
                 if not order:
                     order = list(args.faults)
                     self.rng.shuffle(order)
-                self.faults.append(self.inject(order.pop(), env, tap))
+                kind = order.pop()
+                try:
+                    self.faults.append(self.inject(kind, env, tap))
+                except Exception as exc:  # a broken injection is reported, the run goes on
+                    log(f"fault {kind} could not be injected: {exc!r}")
+                    self.failed_injections.append(f"{kind}: {exc!r}")
                 pause = self.rng.uniform(0.5, 1.5) * args.pause
                 time.sleep(max(0.0, min(pause, deadline - time.monotonic())))
             # Let the last cycles finish and redelivered tests come back.
@@ -238,8 +245,9 @@ class Campaign:
                 time.sleep(5)  # its last results reach carbon
             finally:
                 samples = collector.stop()
-        return invariants.check(samples, list(tap.lines), self.faults, settings,
-                                self.interval, self.redis_wipes)
+        return dict(invariants.check(samples, list(tap.lines), self.faults, settings,
+                                     self.interval, self.redis_wipes),
+                    failed_injections=self.failed_injections)
 
 
 def report(args, argv, run_: common.LabRun, outcome: dict[str, Any]) -> str:
@@ -252,6 +260,7 @@ def report(args, argv, run_: common.LabRun, outcome: dict[str, Any]) -> str:
     lines += [f"- {k}: {v}" for k, v in run_.facts.items()]
     lines += ["", invariants.table(outcome), ""]
     lines += [f"Not injected: {k} ({v})." for k, v in NOT_INJECTED.items()]
+    lines += [f"Injection failed: {text}." for text in outcome.get("failed_injections", [])]
     bad = invariants.violations(outcome)
     lines += ["", f"Invariant violations: {bad or 'none'}; sampling errors (Redis away): "
               f"{outcome['sample_errors']}.", ""]

@@ -182,13 +182,15 @@ def _identity(redis, request: jobs.Request) -> tuple[str | None, str]:
     of the same server or node take the same locks. A target that does not resolve (within
     hosts.RESOLVE_TIMEOUT_S) keeps its text; its tool will report it unreachable."""
     resolved = hosts.addresses(request.target)
+    if request.peer:  # a cycle job: beat named the peer and its registered address
+        return request.peer, resolved[0] if resolved else request.target
     node = registry.find_node(redis, [request.target, *resolved])
     if node is not None:
         own = hosts.addresses(node["address"])
         address = own[0] if own else node["address"]
     else:
         address = resolved[0] if resolved else request.target
-    return request.peer or (node["name"] if node else None), address
+    return (node["name"] if node else None), address
 
 
 def _lock_outcome(redis, lease) -> tuple[bool, str | None]:
