@@ -233,7 +233,7 @@ class Campaign:
                 pause = self.rng.uniform(0.5, 1.5) * args.pause
                 time.sleep(max(0.0, min(pause, deadline - time.monotonic())))
             # Let the last cycles finish and redelivered tests come back.
-            settle = min(3 * self.interval, 120)
+            settle = min(4 * self.interval + 10, 120)
             log(f"{time.strftime('%H:%M:%S')} faults over; settling {settle} s")
             time.sleep(settle)
         finally:
