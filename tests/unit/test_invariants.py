@@ -75,3 +75,12 @@ def test_a_series_that_keeps_growing_is_not_flat():
     steady = [(float(t), 100 + t % 3) for t in range(40)]
     assert invariants.quarters(growing)["flat"] is False
     assert invariants.quarters(steady)["flat"] is True
+
+
+def test_an_overlap_with_a_test_whose_lock_expired_is_counted_as_flagged():
+    a = _result("j1", "h1", "h2", 100, 140)
+    a["lock"]["expired"] = True  # h1 was cut off from Redis past its lock's TTL
+    b = _result("j2", "h3", "h2", 120, 122)
+    report = _check(_samples(a, b), _delivered(a, b))
+    assert report["rows"]["none"]["overlaps_flagged"] == 1
+    assert report["rows"]["none"]["overlaps"] == 0
