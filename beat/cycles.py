@@ -190,6 +190,49 @@ def unsent(r: redis.Redis, cycle_id: str) -> list[dict[str, Any]]:
     return [json.loads(doc) for doc in r.hmget(cycle_key(cycle_id, "jobs"), missing) if doc]
 
 
+def task_id(cycle_id: str, job_id: str) -> str:
+    """The Celery task id of a cycle's job: the same for every send of it, so a job sent again
+    shares its ledger (attempts, handed-over result) with any earlier copy, and a copy that
+    comes second finds the first one's outcome instead of measuring again."""
+    return f"{cycle_id}.{job_id}"
+
+
+UNACKED = "unacked"
+"""kombu's Redis transport: messages fetched by a worker and not acknowledged yet."""
+
+
+def lost(r: redis.Redis, cycle_id: str) -> list[dict[str, Any]]:
+    """Jobs sent but whose message no worker can ever run: never started (no attempt in the
+    job's ledger, `cbw:task:<task id>`), and neither in its queue nor fetched (kombu's unacked
+    hash). A purged queue, or a Redis restarted from an older snapshot, leaves such jobs.
+    Everything read is in Redis; the caller asks twice before acting (a fetch moves the message
+    from the queue to the unacked hash in two steps)."""
+    in_flight = dispatched(r, cycle_id)
+    if not in_flight:
+        return []
+    ids = sorted(in_flight)
+    with r.pipeline(transaction=False) as pipe:
+        pipe.smismember(cycle_key(cycle_id, "sent"), ids)
+        for job in ids:
+            pipe.exists(key("task", task_id(cycle_id, job)))
+        was_sent, *started = pipe.execute()
+    candidates = [job for job, sent_, began in zip(ids, was_sent, started)
+                  if sent_ and not began]
+    if not candidates:
+        return []
+    queues = {in_flight[job] for job in candidates}
+    with r.pipeline(transaction=False) as pipe:
+        for queue in sorted(queues):
+            pipe.lrange(queue, 0, -1)
+        pipe.hvals(UNACKED)
+        *queued, fetched = pipe.execute()
+    waiting = "\n".join(m for messages in [*queued, fetched] for m in messages)
+    missing = [job for job in candidates if f'"{task_id(cycle_id, job)}"' not in waiting]
+    if not missing:
+        return []
+    return [json.loads(doc) for doc in r.hmget(cycle_key(cycle_id, "jobs"), missing) if doc]
+
+
 def job_state(r: redis.Redis, cycle_id: str, job_id: str) -> str:
     """"gone" when the cycle's keys expired or it ended by timeout (the job outlived its
     cycle), "done" when the job was counted already (a duplicate message), else "pending".
@@ -239,7 +282,8 @@ def send(app, cycle_id: str, jobs: Iterable[dict[str, Any]],
     sent = []
     for job in jobs:
         app.send_task("tasks.measure", kwargs=dict(job["kwargs"], cycle=cycle_id, job=job["id"]),
-                      queue=job["queue"], ignore_result=True)
+                      queue=job["queue"], task_id=task_id(cycle_id, job["id"]),
+                      ignore_result=True)
         sent.append(job["id"])
     if sent and r is not None:
         name = cycle_key(cycle_id, "sent")

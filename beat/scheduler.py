@@ -134,7 +134,11 @@ def watch(app, r, settings: config.Settings, seen_unsent: frozenset = frozenset(
       (`cycle_timeout`, a reason series in its report), the guard is freed, the cycle reported;
     - jobs released but never sent (their sender died, or beat failed right after begin) are
       sent when this pass sees them unsent again; the previous pass's `seen_unsent` is passed
-      in and this pass's returned, so no clock decides and a send in flight is left alone.
+      in and this pass's returned, so no clock decides and a send in flight is left alone;
+    - jobs sent whose message is gone (cycles.lost: never started, not queued, not fetched; a
+      purged queue, a Redis restarted from an older snapshot) are sent again when this pass
+      sees them lost again, under the same task id: a copy that turns up after all finds the
+      first one's ledger and the cycle's job state, so two copies never both measure.
     """
     skip_vanished(app, r, settings)
     cycle_id = cycles.active(r)
@@ -151,7 +155,15 @@ def watch(app, r, settings: config.Settings, seen_unsent: frozenset = frozenset(
         log.warning("cycle %s: %d job(s) released but never sent; sending them now", cycle_id,
                     len(stuck))
         cycles.send(app, cycle_id, stuck, r)
-    return frozenset(unsent) - {(cycle_id, job["id"]) for job in stuck}
+    lost = {(cycle_id, job["id"], "lost"): job for job in cycles.lost(r, cycle_id)}
+    gone = [job for seen, job in lost.items() if seen in seen_unsent]
+    if gone:
+        log.warning("cycle %s: %d job(s) sent but their message is gone (never started, not "
+                    "queued, not fetched); sending them again: %s", cycle_id, len(gone),
+                    ", ".join(job["id"] for job in gone))
+        cycles.send(app, cycle_id, gone, r)
+    return (frozenset(unsent) - {(cycle_id, job["id"]) for job in stuck}
+            | frozenset(lost) - {(cycle_id, job["id"], "lost") for job in gone})
 
 
 class CycleScheduler(Scheduler):

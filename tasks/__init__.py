@@ -18,8 +18,8 @@ import redis as redis_errors
 from celery.exceptions import Retry
 
 from beat import cycles
-from workers import (app, config, health, jobs, ledger, locks, progress, registry, results,
-                     runners, store)
+from workers import (app, config, health, hosts, jobs, ledger, locks, progress, registry,
+                     results, runners, store)
 from workers.defaults import (HAND_OVER_BACKOFF_CAP, HAND_OVER_RETRIES, LOCK_BACKOFF_CAP,
                               LOCK_SLACK)
 from workers.measurement import Reason
@@ -117,14 +117,22 @@ def _hand_over(task, redis, request: jobs.Request, task_id: str, result: dict[st
 
 
 def _measure_exclusively(task, request, settings, redis, task_id, attempt) -> dict[str, Any]:
-    peer = request.peer or registry.find_by_address(redis, request.target)
+    peer, address = _identity(redis, request)
     resources = locks.resources_for(node=settings.node_name, tool=request.tool,
-                                    target=request.target, port=request.port, mode=request.mode,
+                                    target=address, port=request.port, mode=request.mode,
                                     peer=peer, aggregate_limit=settings.aggregate_max)
     ttl_ms = int(1000 * (request.longest_run_s(settings.timeout_margin_s) + LOCK_SLACK))
     report = progress.Reporter(task, redis, settings.node_name)
-    lease = locks.acquire(redis, resources, ttl_ms, settings.lock_wait_s,
-                          owner=f"{task_id}:{attempt}", on_wait=report.waiting)
+    try:
+        lease = locks.acquire(redis, resources, ttl_ms, settings.lock_wait_s,
+                              owner=f"{task_id}:{attempt}",
+                              on_wait=_waiting(report, redis, settings.node_name))
+    except _Leaving:
+        # This agent is shutting down (SIGTERM, a rolling restart): hand the test back to
+        # its queue, where the restarted agent (or beat's skip, if it never returns) finds it.
+        ledger.end_attempt(redis, task_id)
+        log.info("test %s handed back: this agent is shutting down", task_id)
+        raise task.retry(countdown=1, max_retries=None)
     if lease is None:
         tries = task.request.retries
         if tries < settings.lock_retries:
@@ -147,6 +155,36 @@ def _measure_exclusively(task, request, settings, redis, task_id, attempt) -> di
         log.warning("the lock of test %s expired before it finished (or could not be "
                     "checked): result flagged", task_id)
     return result
+
+
+class _Leaving(Exception):
+    """This node agent is shutting down while its test waits for locks."""
+
+
+def _waiting(report: progress.Reporter, redis, node: str):
+    """locks.acquire's on_wait: show the wait, and stop waiting when this agent is leaving."""
+    def on_wait(busy: str, waited_s: float) -> None:
+        report.waiting(busy, waited_s)
+        if registry.leaving(redis, node):
+            raise _Leaving(node)
+    return on_wait
+
+
+def _identity(redis, request: jobs.Request) -> tuple[str | None, str]:
+    """(the registered node the test reaches, the address its locks are named after). Locks
+    name addresses, not the target's text: a test by DNS name and one by IP (or by node name)
+    of the same server or node take the same locks. A target that does not resolve (within
+    hosts.RESOLVE_TIMEOUT_S) keeps its text; its tool will report it unreachable."""
+    resolved = hosts.addresses(request.target)
+    if request.peer:  # a cycle job: beat named the peer and its registered address
+        return request.peer, resolved[0] if resolved else request.target
+    node = registry.find_node(redis, [request.target, *resolved])
+    if node is not None:
+        own = hosts.addresses(node["address"])
+        address = own[0] if own else node["address"]
+    else:
+        address = resolved[0] if resolved else request.target
+    return (node["name"] if node else None), address
 
 
 def _lock_outcome(redis, lease) -> tuple[bool, str | None]:

@@ -11,7 +11,8 @@ import time
 
 from celery import bootsteps, signals
 
-from workers import config, locks, registry, store
+from workers import config, hosts, locks, registry, store
+from workers.defaults import LOCK_SLACK
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,10 @@ class RegistryHeartbeat(bootsteps.StartStopStep):
         if not _is_agent(c, settings):
             return
         self.info = registry.node_info(settings, time.time())
+        try:
+            registry.arrived(store.client(), settings.node_name)
+        except Exception as exc:  # Redis away: the marker expires by itself
+            log.warning("could not clear %s's shutdown marker: %s", settings.node_name, exc)
         self._beat(settings)
         self.timer_entry = c.timer.call_repeatedly(settings.heartbeat_interval_s, self._beat,
                                                    (settings,), priority=10)
@@ -69,7 +74,8 @@ class RegistryHeartbeat(bootsteps.StartStopStep):
         self.timer_entry = None
         settings = config.get()
         try:
-            registry.withdraw(store.client(), settings.node_name)
+            registry.withdraw(store.client(), settings.node_name,
+                              leaving_s=config.shutdown_grace_s(settings))
         except Exception as exc:
             log.warning("could not withdraw %s from the registry: %s", settings.node_name, exc)
 
@@ -85,12 +91,19 @@ def _count_received(**_):
 _supervisor = None
 
 
+def _own_locks(settings: config.Settings) -> tuple[str, ...]:
+    """The locks a test involving this node's servers holds: the node's own, and its iperf3
+    server's (an ad-hoc test by address of a node that already left the registry holds only
+    that one). Locks name addresses (tasks._identity)."""
+    given = settings.node_address or settings.node_name
+    address = (hosts.addresses(given) or [given])[0]
+    return f"node:{settings.node_name}", f"srv:iperf3:{address}:{settings.iperf3_port}"
+
+
 def _own_server_locked(settings: config.Settings) -> bool:
     """Is a test allowed to be using our iperf3 server right now (does anyone hold it)?"""
     r = store.client()
-    address = settings.node_address or settings.node_name
-    return any(locks.holder(r, name) for name in (
-        f"node:{settings.node_name}", f"srv:iperf3:{address}:{settings.iperf3_port}"))
+    return any(locks.holder(r, name) for name in _own_locks(settings))
 
 
 @signals.worker_ready.connect
@@ -117,10 +130,42 @@ def _start_servers(sender=None, **_):
     log.info("serving %s on %s", ", ".join(settings.serve), settings.node_address or "*")
 
 
-@signals.worker_shutting_down.connect
+@signals.worker_shutdown.connect
 def _stop_servers(**_):
-    if _supervisor is not None:
-        _supervisor.stop()
+    """Stop this node's test servers when no test involves the node any more.
+
+    SIGTERM (a rolling restart) starts Celery's warm shutdown: the consumer stops (the node
+    leaves the registry, so no new plan includes it), the running test finishes and is
+    handed over (a test still waiting for its locks is handed back: tasks._measure_
+    exclusively), and then this runs. A test another node started against our servers in
+    the meantime still holds our node's or our iperf3 server's lock: we take both, waiting
+    for it within config.shutdown_grace_s, so the servers go only after it ended and no new
+    test starts against them. Tests that wait for the locks meanwhile find the servers gone
+    (unreachable: a failed direction with its reason, never a rate)."""
+    if _supervisor is None:
+        return
+    settings = config.get()
+    lease = None
+    try:
+        wait_s = 2 * (settings.poll_length_s + settings.timeout_margin_s) + LOCK_SLACK
+        lease = locks.acquire(store.client(), locks.Resources(_own_locks(settings)),
+                              ttl_ms=60_000, wait_s=wait_s,
+                              owner=f"shutdown:{settings.node_name}")
+        if lease is None:
+            log.warning("a test still involves this node after %s s; stopping its test "
+                        "servers anyway", wait_s)
+        else:
+            log.info("no test involves this node any more after %.1f s; stopping this "
+                     "node's test servers", lease.waited_s)
+    except Exception as exc:  # Redis away: nothing can be checked; stop anyway
+        log.warning("could not check for tests of this node (%s); stopping this node's test "
+                    "servers", exc)
+    _supervisor.stop()
+    if lease is not None:
+        try:
+            locks.release(store.client(), lease)
+        except Exception as exc:
+            log.warning("could not release %s (it expires by its TTL): %s", lease.owner, exc)
 
 
 @signals.worker_init.connect

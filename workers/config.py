@@ -596,6 +596,18 @@ def longest_task_s(lock_wait_s: float, longest_run_s: float) -> float:
     return lock_wait_s + longest_run_s + 60
 
 
+def shutdown_grace_s(settings: Settings) -> int:
+    """Seconds a node agent needs after SIGTERM (a rolling restart) to leave nothing behind:
+    its own running test (both directions, each killed at length + margin) and its hand-over,
+    then one test another node may have started against this node's servers in the meantime
+    (the agent stops its servers only when no test involves the node), each lock's slack and
+    a few seconds to stop. A test still waiting for its locks is handed back at once, not
+    waited for. compose's stop_grace_period and the chart's terminationGracePeriodSeconds
+    must be at least this (the defaults: 2 × 30 + 2 × 10 + 10 = 90 s)."""
+    longest_run = 2 * (settings.poll_length_s + settings.timeout_margin_s)
+    return int(2 * longest_run + 2 * defaults.LOCK_SLACK + 10)
+
+
 def check_node_identity(settings: Settings) -> Settings:
     """A node agent's name and address, checked once at agent start: other nodes test this
     node at CBANDWIDTH_NODE_ADDRESS, or at NODE_NAME when that is unset, so then NODE_NAME must

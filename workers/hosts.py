@@ -10,8 +10,13 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
+from concurrent.futures import ThreadPoolExecutor, TimeoutError as FutureTimeout
 
-__all__ = ["validate_target", "ip_version", "own_address"]
+__all__ = ["validate_target", "ip_version", "own_address", "addresses"]
+
+RESOLVE_TIMEOUT_S = 2.0
+"""Longest wait for the resolver when a lock is named after a target's address."""
+_resolver = ThreadPoolExecutor(max_workers=2, thread_name_prefix="resolve")
 
 #: Longest DNS name in its text form, without a trailing dot (RFC 1035 2.3.4 / RFC 1123 2.1).
 MAX_NAME_LENGTH = 253
@@ -126,3 +131,23 @@ def own_address(hostname: str | None = None) -> str:
             return str(address)
     raise ValueError(f"this host's name {name!r} resolves only to "
                      f"{', '.join(dict.fromkeys(found))}, which other nodes cannot reach")
+
+
+def addresses(target: str, timeout_s: float = RESOLVE_TIMEOUT_S) -> list[str]:
+    """The IP addresses `target` stands for, in the resolver's order: an IP literal is itself
+    (canonical, without brackets), a DNS name what getaddrinfo says within `timeout_s`, else
+    nothing. Locks are named after these, so that a test by name and a test by address of one
+    server are one resource. getaddrinfo has no timeout of its own: it runs on a small pool and
+    a slow answer is given up (its thread ends when the resolver does)."""
+    version = ip_version(target)
+    if version is not None:
+        inner = target[1:-1] if target.startswith("[") else target
+        return [str(ipaddress.ip_address(inner))]
+    future = _resolver.submit(socket.getaddrinfo, target, None, type=socket.SOCK_STREAM)
+    try:
+        infos = future.result(timeout=timeout_s)
+    except (FutureTimeout, OSError, UnicodeError):
+        future.cancel()
+        return []
+    found = (info[4][0].split("%", 1)[0] for info in infos)
+    return list(dict.fromkeys(str(ipaddress.ip_address(a)) for a in found))

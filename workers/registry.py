@@ -62,11 +62,25 @@ def announce(r: redis.Redis, info: dict[str, Any], ttl_s: int) -> None:
            int(ttl_s))
 
 
-def withdraw(r: redis.Redis, name: str) -> None:
+def withdraw(r: redis.Redis, name: str, leaving_s: int = 0) -> None:
+    """Remove the entry; with `leaving_s`, mark the node as shutting down for that long (its
+    test that still waits for locks hands its message back instead of waiting: `leaving`)."""
     with r.pipeline() as pipe:
         pipe.delete(key("node", name))
         pipe.zrem(INDEX, name)
+        if leaving_s:
+            pipe.set(key("leaving", name), 1, ex=int(leaving_s))
         pipe.execute()
+
+
+def leaving(r: redis.Redis, name: str) -> bool:
+    """Is node `name` shutting down (withdrawn with `leaving_s`, not started again)?"""
+    return bool(r.exists(key("leaving", name)))
+
+
+def arrived(r: redis.Redis, name: str) -> None:
+    """A node agent (re)started: it is not leaving any more."""
+    r.delete(key("leaving", name))
 
 
 def nodes(r: redis.Redis) -> list[dict[str, Any]]:
@@ -132,8 +146,20 @@ def _checked(name: str, raw: str) -> tuple[dict[str, Any], str | None]:
 
 
 def find_by_address(r: redis.Redis, address: str) -> str | None:
-    """The name of the registered node serving at `address`, if any."""
-    for node in nodes(r):
-        if node.get("address") == address:
-            return node["name"]
+    """The name of the registered node serving at `address`, if any (textual match)."""
+    node = find_node(r, [address])
+    return node["name"] if node else None
+
+
+def find_node(r: redis.Redis, targets: list[str]) -> dict[str, Any] | None:
+    """The registered node a test of any of `targets` (the target as given and the addresses
+    it resolves to) would reach: the first whose address, or whose name, is one of them."""
+    wanted = set(targets)
+    live = nodes(r)
+    for node in live:
+        if node.get("address") in wanted:
+            return node
+    for node in live:
+        if node["name"] in wanted:
+            return node
     return None

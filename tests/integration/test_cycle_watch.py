@@ -69,3 +69,63 @@ def test_a_queued_job_of_a_cycle_ended_by_timeout_is_not_run(env, monkeypatch):
                                   task_id="t-after-timeout")
     assert outcome.successful(), outcome.traceback
     assert [e for e in env.stream() if e["kind"] == "result"] == []
+
+
+
+# --- jobs whose message was lost after it was sent ----------------------------------------
+# A Redis restart without AOF, or a purged queue, loses a sent job's message: it is still
+# dispatched, but no worker will ever run it. The evidence is Redis's own: no attempt in the
+# job's ledger (it never started), and its message in neither its queue nor kombu's unacked
+# set, at two looks in a row. No clock of another machine is read.
+
+def _measure_messages(env):
+    return [m for m in env.queued("node.h1") if m["task"] == "tasks.measure"]
+
+
+def test_a_sent_job_whose_message_was_lost_is_sent_again_and_its_cycle_completes(
+        env, monkeypatch):
+    import tasks
+    from tests.integration.test_fault_paths import _ok_runner
+
+    cycles.send(app, "c1", _begin(env.redis), env.redis)
+    [original] = _measure_messages(env)
+    seen = scheduler.watch(app, env.redis, env.settings)
+    seen = scheduler.watch(app, env.redis, env.settings, seen)
+    assert _measure_messages(env) == [original]  # queued: waiting is not lost
+
+    env.redis.delete("node.h1")  # the queue is purged (or Redis restarted without AOF)
+    seen = scheduler.watch(app, env.redis, env.settings, seen)
+    assert _measure_messages(env) == []  # one look is no evidence (a fetch in flight)
+    seen = scheduler.watch(app, env.redis, env.settings, seen)
+    [again] = _measure_messages(env)
+    assert again["kwargs"]["job"] == "j1" and again["id"] == original["id"]
+
+    monkeypatch.setattr(tasks.runners, "run", _ok_runner())
+    for job in ("j1", "j2"):  # the re-sent j1 runs, and releases j2
+        [message] = [m for m in _measure_messages(env) if m["kwargs"]["job"] == job]
+        env.redis.delete("node.h1")
+        assert tasks.measure.apply(kwargs=message["kwargs"], task_id=message["id"]).successful()
+    assert cycles.active(env.redis) is None  # the cycle completed, not by timeout
+    [report] = [e for e in env.stream() if e["key"] == "report:c1"]  # reported once, at its end
+    assert report["kind"] == "lines" and report["body"]
+
+
+def test_a_job_that_started_or_was_fetched_is_never_sent_twice(env):
+    from workers import ledger
+
+    cycles.send(app, "c1", _begin(env.redis), env.redis)
+    [message] = _measure_messages(env)
+    # A worker fetched it: kombu moved it from the queue to its unacked hash.
+    [raw] = env.redis.lrange("node.h1", 0, -1)
+    env.redis.delete("node.h1")
+    env.redis.hset("unacked", "tag-1", f'[{raw}, "node.h1", "node.h1"]')
+    seen = frozenset()
+    for _ in range(3):
+        seen = scheduler.watch(app, env.redis, env.settings, seen)
+    assert _measure_messages(env) == []
+    # It started (its ledger has an attempt) and the worker acknowledged... then died.
+    env.redis.delete("unacked")
+    ledger.start_attempt(env.redis, message["id"])
+    for _ in range(3):
+        seen = scheduler.watch(app, env.redis, env.settings, seen)
+    assert _measure_messages(env) == []
