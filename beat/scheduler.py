@@ -83,7 +83,7 @@ def send_lines(app, lines: list[str], key: str | None = None) -> None:
     """Beat's own series (scheduler health) to the result handler, through the durable result
     stream (workers.results), with their own timestamps: the one place beat sends lines.
     `key` makes a re-send of the same lines a no-op. `app` is unused (kept for callers)."""
-    results.hand_over_lines(store.client(), key or f"beat:{uuid.uuid4().hex}", lines)
+    results.hand_over_lines(store.client(), key, lines)
 
 
 def note_rate(app, r, settings: config.Settings, rate: plan.SampledRate, nodes: int,

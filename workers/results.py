@@ -9,7 +9,7 @@ Writers (`hand_over`, `hand_over_lines`, `report_cycle`):
   second copy;
 - whoever ends a cycle (the agent whose job finished it, beat's watch on timeout or skip)
   computes its report at that moment and adds it as prepared lines, keyed `report:<cycle>`
-  (`cbw:results:once:<key>` remembers it for a day); beat's overlap line likewise.
+  (the sorted set `cbw:results:once` remembers its key for a day); beat's overlap line likewise.
 
 The stream is `cbw:results:stream`, read by the consumer group `handlers`. Each entry has
 `kind` (`result`: body is the result; `lines`: body is a list of carbon lines under the
@@ -64,6 +64,9 @@ UNPUBLISHABLE = key("results", "unpublishable")
 """Results the result handler could not turn into lines (a bug, or a newer agent's format):
 kept here, newest first, for an operator; at most UNPUBLISHABLE_MAX of them."""
 UNPUBLISHABLE_MAX = 1000
+ONCE = key("results", "once")
+"""Sorted set: the keys of the scheduler lines handed over (cycle reports), scored by when; one
+key however many cycles ran, members older than ONCE_TTL pruned as new ones come."""
 ONCE_TTL = 86400
 """Seconds a report's or a beat line's key is remembered (its sender retries within minutes)."""
 
@@ -77,6 +80,22 @@ if dropped > 0 then redis.call('INCRBY', KEYS[4], dropped) end
 redis.call('INCR', KEYS[3])
 redis.call('HSET', KEYS[2], 'published', id)
 redis.call('EXPIRE', KEYS[2], ARGV[2])
+return id
+"""
+
+_ADD_LINES = """
+local now = tonumber(redis.call('TIME')[1])
+if ARGV[4] ~= '' then
+  if redis.call('ZSCORE', KEYS[2], ARGV[4]) then return false end
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - tonumber(ARGV[2]))
+  redis.call('ZADD', KEYS[2], now, ARGV[4])
+end
+local before = redis.call('XLEN', KEYS[1])
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[1], '*',
+                      'kind', ARGV[3], 'key', ARGV[4], 'body', ARGV[5])
+local dropped = before + 1 - redis.call('XLEN', KEYS[1])
+if dropped > 0 then redis.call('INCRBY', KEYS[4], dropped) end
+redis.call('INCR', KEYS[3])
 return id
 """
 
@@ -103,17 +122,18 @@ def hand_over(r: redis.Redis, task_id: str, result: dict[str, Any],
                 json.dumps(result), settings)
 
 
-def hand_over_lines(r: redis.Redis, entry_key: str, lines: Iterable[str],
+def hand_over_lines(r: redis.Redis, entry_key: str | None, lines: Iterable[str],
                     settings: config.Settings | None = None) -> str | None:
-    """Add prepared scheduler lines (a cycle report, beat's overlap line), once per key.
+    """Add prepared scheduler lines (a cycle report, beat's overlap line), once per key (None:
+    lines that are never sent twice, such as beat's rate at a cycle's start).
     Lines that are not well-formed or not under CBANDWIDTH_SCHEDULER_PREFIX are refused with an
     error line. Returns the entry id, or None (handed over before, or nothing acceptable)."""
     settings = settings or config.get()
     accepted = scheduler_lines(lines, settings)
     if not accepted:
         return None
-    return _add(r, key("results", "once", entry_key), ONCE_TTL, "lines", entry_key,
-                json.dumps(accepted), settings)
+    return r.eval(_ADD_LINES, 4, STREAM, ONCE, HANDED, DROPPED, settings.results_backlog_max,
+                  ONCE_TTL, "lines", entry_key or "", json.dumps(accepted))
 
 
 def scheduler_lines(lines: Any, settings: config.Settings) -> list[str]:
