@@ -58,10 +58,10 @@ def _run_cycle(env, number: int) -> tuple[str | None, list[dict]]:
 
 def _series(env, name: str) -> list[tuple[float, int]]:
     found = []
-    for message in env.queued("results"):
-        if message["task"] != "tasks.publish_lines":
+    for entry in env.stream():  # beat's lines go into the durable result stream
+        if entry["kind"] != "lines":
             continue
-        for line in message["args"][0]:
+        for line in entry["body"]:
             path, value, ts = line.split()
             if path == f"bandwidth.scheduler.sampled.{name}":
                 found.append((float(value), int(ts)))

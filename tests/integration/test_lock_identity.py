@@ -35,7 +35,7 @@ def _skipped_because_busy(env, monkeypatch, target: str, held: str) -> None:
                                   task_id=f"t-{held}")
     assert outcome.successful(), outcome.traceback
     assert ran == []
-    [message] = [m["args"][0] for m in env.queued("results") if m["task"] == "tasks.publish"]
+    [message] = [e["body"] for e in env.stream() if e["kind"] == "result"]
     assert message["status"] == "failed"
     assert message["download"]["reason"] == "skipped"
     assert held in message["download"]["error"]
