@@ -369,6 +369,9 @@ class Drainer:
                 return False
             pause = min(2 * pause, self.settings.carbon_retry_max_s)
             self._touch(ids + [i for _, _, batch in self.unsettled for i in batch])
+        if log.isEnabledFor(logging.INFO):  # one line per datapoint, as the handler always
+            for entry in lines:               # logged them (the lab's demo streams them)
+                log.info("sent %s", entry)
         now = time.monotonic()
         if replay:
             log.warning("carbon reconnected: %d entries written before were written again",
