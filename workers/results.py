@@ -70,14 +70,20 @@ key however many cycles ran, members older than ONCE_TTL pruned as new ones come
 ONCE_TTL = 86400
 """Seconds a report's or a beat line's key is remembered (its sender retries within minutes)."""
 
-_ADD = """
-if redis.call('HEXISTS', KEYS[2], 'published') == 1 then return false end
+_XADD_COUNTED = """
 local before = redis.call('XLEN', KEYS[1])
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[1], '*',
                       'kind', ARGV[3], 'key', ARGV[4], 'body', ARGV[5])
 local dropped = before + 1 - redis.call('XLEN', KEYS[1])
 if dropped > 0 then redis.call('INCRBY', KEYS[4], dropped) end
 redis.call('INCR', KEYS[3])
+"""
+"""Lua shared by both adds: append to the stream (capped), count what the cap dropped and what
+was handed over; leaves the entry id in `id`."""
+
+_ADD = """
+if redis.call('HEXISTS', KEYS[2], 'published') == 1 then return false end
+""" + _XADD_COUNTED + """
 redis.call('HSET', KEYS[2], 'published', id)
 redis.call('EXPIRE', KEYS[2], ARGV[2])
 return id
@@ -90,12 +96,7 @@ if ARGV[4] ~= '' then
   redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - tonumber(ARGV[2]))
   redis.call('ZADD', KEYS[2], now, ARGV[4])
 end
-local before = redis.call('XLEN', KEYS[1])
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[1], '*',
-                      'kind', ARGV[3], 'key', ARGV[4], 'body', ARGV[5])
-local dropped = before + 1 - redis.call('XLEN', KEYS[1])
-if dropped > 0 then redis.call('INCRBY', KEYS[4], dropped) end
-redis.call('INCR', KEYS[3])
+""" + _XADD_COUNTED + """
 return id
 """
 
