@@ -51,7 +51,8 @@ HEADER = ("| N | schedule | hold ms | cycles | done / planned | makespan / bound
 
 def cycle_rows(report: dict[str, Any]) -> list[str]:
     rows = ["| cycle | planned | done | makespan s | keys | MB | ledger keys | other keys "
-            "| Redis µs/test | hand-off p50 ms |", "|---" * 10 + "|"]
+            "| Redis µs/test | hand-off p50 ms | CPU ms/test agents / Redis / handler |",
+            "|---" * 11 + "|"]
     for c in report["cycles"]:
         classes = c.get("key_classes", {})
         ledger = class_keys(classes.get("cbw:task:", {}))
@@ -59,7 +60,9 @@ def cycle_rows(report: dict[str, Any]) -> list[str]:
         rows.append("| " + " | ".join(str(x) for x in (
             c["cycle"], c["planned"], c["done"], c.get("makespan_s", "-"), c.get("keys", "-"),
             f"{c.get('memory_bytes', 0) / 1e6:.2f}", ledger, other,
-            c["redis"]["usec_per_test"], c.get("hand_off_ms", {}).get("median", "-"))) + " |")
+            c["redis"]["usec_per_test"], c.get("hand_off_ms", {}).get("median", "-"),
+            f"{c.get('agents_cpu_ms_per_test', '-')} / {c['redis']['cpu_ms_per_test']} / "
+            f"{c.get('handler_cpu_ms_per_test', '-')}")) + " |")
     return rows
 
 
