@@ -9,6 +9,8 @@ import statistics
 import sys
 from typing import Any
 
+from workers.simulate import class_keys
+
 
 def _median(values: list[float]) -> float | str:
     return round(statistics.median(values), 1) if values else "-"
@@ -49,15 +51,38 @@ HEADER = ("| N | schedule | hold ms | cycles | done / planned | makespan / bound
 
 def cycle_rows(report: dict[str, Any]) -> list[str]:
     rows = ["| cycle | planned | done | makespan s | keys | MB | ledger keys | other keys "
-            "| Redis µs/test | hand-off p50 ms |", "|---" * 10 + "|"]
+            "| Redis µs/test | hand-off p50 ms | CPU ms/test agents / Redis / handler |",
+            "|---" * 11 + "|"]
     for c in report["cycles"]:
         classes = c.get("key_classes", {})
-        ledger = sum(classes.get("cbw:task:", {}).values())
-        other = sum(sum(v.values()) for k, v in classes.items() if k != "cbw:task:")
+        ledger = class_keys(classes.get("cbw:task:", {}))
+        other = sum(class_keys(v) for k, v in classes.items() if k != "cbw:task:")
         rows.append("| " + " | ".join(str(x) for x in (
             c["cycle"], c["planned"], c["done"], c.get("makespan_s", "-"), c.get("keys", "-"),
             f"{c.get('memory_bytes', 0) / 1e6:.2f}", ledger, other,
-            c["redis"]["usec_per_test"], c.get("hand_off_ms", {}).get("median", "-"))) + " |")
+            c["redis"]["usec_per_test"], c.get("hand_off_ms", {}).get("median", "-"),
+            f"{c.get('agents_cpu_ms_per_test', '-')} / {c['redis']['cpu_ms_per_test']} / "
+            f"{c.get('handler_cpu_ms_per_test', '-')}")) + " |")
+    return rows
+
+
+def paced_rows(report: dict[str, Any]) -> list[str]:
+    """Per cycle, Redis just before the cycle started (a paced run's steady-state view)."""
+    rows = ["| cycle | start s | keys | used_memory MB | ledger keys | ledger MB "
+            "| other keys | other MB (MEMORY USAGE) |", "|---" * 8 + "|"]
+    t0 = None
+    for c in report["cycles"]:
+        sample = c.get("at_start")
+        if not sample:
+            continue
+        t0 = sample["at"] if t0 is None else t0
+        ledger = sample["classes"].get("cbw:task:", {})
+        rest = [v for k, v in sample["classes"].items() if k != "cbw:task:"]
+        rows.append("| " + " | ".join(str(x) for x in (
+            c["cycle"], round(sample["at"] - t0), sample["keys"],
+            f"{sample['memory'] / 1e6:.2f}", class_keys(ledger),
+            f"{ledger.get('bytes', 0) / 1e6:.2f}", sum(map(class_keys, rest)),
+            f"{sum(v.get('bytes', 0) for v in rest) / 1e6:.2f}")) + " |")
     return rows
 
 
@@ -75,6 +100,12 @@ def main(paths: list[str]) -> None:
                   f"{[c.get('pairs_as_planned') for c in report['cycles']]}")
         print("top commands (last cycle, per test):",
               json.dumps(report["cycles"][-1]["redis"]["top"]))
+        if report.get("options", {}).get("interval_s"):
+            print("\n" + "\n".join(paced_rows(report)))
+        if report.get("steady_state"):
+            print(f"\nsteady state: {json.dumps(report['steady_state'])}")
+        if report.get("hand_off_parts_ms"):
+            print(f"hand-off parts (ms): {json.dumps(report['hand_off_parts_ms'])}")
 
 
 if __name__ == "__main__":

@@ -41,6 +41,43 @@ def test_hand_off_gap_is_measured_from_the_later_predecessor():
     assert gaps == [pytest.approx(0.05)]
 
 
+def test_hand_off_parts_split_the_gap_between_sender_and_successor():
+    sender = dict(record("a", "b", 0, 1.0, "t1"), advance=[1.02, 1.03],
+                  send=[1.03, [1.04], ["t3"]])
+    other = record("c", "d", 0, 0.5, "t2")          # finished earlier: not the releasing one
+    nxt = dict(record("a", "c", 1.2, 2, "t3"), fetched=1.1, received=1.15)
+    nxt["runs"] = [[1.25, 2]]
+    parts = check.hand_off_parts([sender, other, nxt])
+    assert parts["count"] == 1 and parts["total"]["median"] == pytest.approx(250)
+    expected = {"finish": 20, "advance": 10, "send": 10, "broker": 60, "pool": 50,
+                "start": 50, "lock": 50}
+    assert {name: parts[name]["median"] for name in check.HAND_OFF_PARTS} == pytest.approx(
+        expected)
+    assert sum(expected.values()) == 250
+    assert check.hand_off_parts([other]) == {"count": 0}
+
+
+def test_steady_state_uses_only_samples_after_the_ledger_ttl():
+    from workers.simulate import steady_state
+
+    def cycle(at, keys, memory, ledger):
+        return {"makespan_s": 1.0, "at_start": {
+            "at": at, "keys": keys, "memory": memory,
+            "classes": {"cbw:task:": {"persistent": 0, "expiring": ledger,
+                                      "bytes": 500 * ledger}}}}
+
+    # TTL 25 s after the first cycle's end (t = 1): samples at 30, 40, 50 count.
+    cycles = [cycle(0, 10, 1000, 0), cycle(10, 60, 2000, 50), cycle(20, 110, 3000, 100),
+              cycle(30, 150, 4000, 140), cycle(40, 160, 4100, 150), cycle(50, 155, 4050, 145)]
+    steady = steady_state(cycles, 25)
+    assert steady["samples"] == 3
+    assert steady["keys"] == [150, 160] and steady["memory"] == [4000, 4100]
+    assert steady["keys_spread_pct"] == pytest.approx(100 * 10 / 155, abs=0.01)
+    assert steady["ledger_keys"] == [140, 150]
+    assert steady["ledger_bytes_per_entry"] == 500
+    assert steady_state(cycles[:3], 25)["samples"] == 0
+
+
 def test_max_gap_cycles():
     ab, ac, bc = frozenset("ab"), frozenset("ac"), frozenset("bc")
     seen = {ab: [0, 2], ac: [1], bc: [2]}

@@ -266,13 +266,19 @@ def lab_command(**options):
               help="agent processes (default: one per 250 nodes, at least 2)")
 @click.option("--cycle-limit", type=click.FloatRange(1), default=600, show_default=True,
               help="seconds after which a cycle is cut short (reported as partial)")
+@click.option("--interval", type=click.IntRange(0, 86_400), default=0, show_default=True,
+              help="start a cycle every this many seconds, as beat does "
+                   "(CBANDWIDTH_POLL_INTERVAL); 0: back to back")
+@click.option("--set", "extra", multiple=True, metavar="CBANDWIDTH_NAME=VALUE",
+              help="a setting for every process (repeatable), e.g. "
+                   "CBANDWIDTH_VISIBILITY_TIMEOUT=90")
 @click.option("--redis-url", help="use this (empty, disposable) Redis instead of a private "
                                   "redis-server; it is FLUSHED")
 @click.option("--json", "as_json", is_flag=True, help="the whole report as JSON")
 @click.option("--output", type=click.Path(dir_okay=False, writable=True),
               help="also write the JSON report here")
 def simulate_command(nodes, schedule, cycles, hold_ms, zones, sample_peers, processes,
-                     cycle_limit, redis_url, as_json, output):
+                     cycle_limit, interval, extra, redis_url, as_json, output):
     """Run the real control plane (registry, beat's planner and cycles, locks, ledger, result
     handler, carbon) with NODES virtual node agents in a few processes and a null tool that
     holds each test for --hold-ms instead of sending traffic. Prints per cycle: planned and
@@ -283,14 +289,27 @@ def simulate_command(nodes, schedule, cycles, hold_ms, zones, sample_peers, proc
     \b
     Example:
       cloud-bandwidth simulate --nodes 1000 --schedule sampled --cycles 5 --hold-ms 1000
+      cloud-bandwidth simulate --nodes 300 --cycles 40 --interval 10 \\
+          --set CBANDWIDTH_VISIBILITY_TIMEOUT=90 --set CBANDWIDTH_MAX_ATTEMPTS=1
     """
     from workers.cli import simulate
     from workers.simulate import Options
 
     return simulate.run(Options(nodes=nodes, schedule=schedule, cycles=cycles, hold_ms=hold_ms,
                                 zones=zones, sample_peers=sample_peers, processes=processes,
-                                redis_url=redis_url, cycle_limit_s=cycle_limit),
+                                redis_url=redis_url, cycle_limit_s=cycle_limit,
+                                interval_s=interval, settings=_assignments(extra)),
                         as_json, output)
+
+
+def _assignments(texts) -> dict[str, str]:
+    out = {}
+    for text in texts:
+        name, sep, value = text.partition("=")
+        if not sep or not name:
+            raise click.BadParameter(f"{text!r}: expected NAME=VALUE", param_hint="--set")
+        out[name.strip()] = value.strip()
+    return out
 
 
 def _redis_errors() -> tuple[type[BaseException], ...]:

@@ -11,7 +11,13 @@ and acts as beat itself: each cycle is planned and started by the real `beat.sch
 .emit_cycle` (timed: the registry read, the plan, building and storing the jobs, sending the
 first ones) and watched by the real `beat.scheduler.watch` every heartbeat interval. The
 next cycle starts once the previous one is reported (its `last cycle` record in Redis names
-it), so cycles run back to back.
+it): back to back, or, with `interval_s`, paced like the real beat: cycle n starts at
+n × interval_s (CBANDWIDTH_POLL_INTERVAL is set to it), so the ledger's entries expire on the
+clock they would in a cluster and the steady state can be watched. `settings` passes user
+settings (CBANDWIDTH_*) to every process, e.g. the ones that shorten the ledger's TTL.
+
+Just before each cycle starts (all quiet: the previous one reported and drained) the driver
+samples Redis: key count, used_memory, and keys and bytes (MEMORY USAGE) by key class.
 
 Per cycle it reports planned / done (the cycle report's own accounting), makespan against
 the lower bound (the plan's sequential rounds × the hold), hand-off gaps (from the agents'
@@ -36,6 +42,8 @@ from workers.simulate import check
 from workers.simulate.agents import node_address, node_name, node_zone
 
 SCHEDULES = ("sampled", "mesh")
+CARBON_RETENTIONS = "60s:2h"
+"""The private carbon's storage schema: 120 points, about 1.5 KB per series."""
 RESULTS_STREAM = "cbw:results:stream"
 """The results helper's durable result stream (when that path is in): its length is the
 result handler's backlog, as the `results` queue's is on the Celery path."""
@@ -54,6 +62,8 @@ class Options:
     cycle_limit_s: float = 600.0       # a cycle still running after this is cut short
     workdir: str | None = None         # None: a temp dir, removed at the end
     heartbeat_s: int = 5
+    interval_s: int = 0                # 0: cycles back to back; else one cycle per interval
+    settings: dict[str, str] = dataclasses.field(default_factory=dict)  # CBANDWIDTH_* extras
 
     def agent_processes(self) -> int:
         return self.processes or max(2, -(-self.nodes // 250))
@@ -78,21 +88,91 @@ _KEY_CLASSES = ("celery-task-meta-", "cbw:task:", "cbw:node:", "_kombu.binding."
                 "cbw:flows", "cbw:results:", "cbw:wake:", "cbw:lock:", "unacked")
 
 
-def key_classes(r) -> dict[str, dict[str, int]]:
+def key_classes(r, sizes: bool = False) -> dict[str, dict[str, int]]:
     """Keys by class (the first of _KEY_CLASSES a key starts with, else the key itself), each
-    with how many have no TTL (persistent) and how many expire. Taken between cycles (SCAN
-    and TTL of every key: the driver's, not counted in a cycle's Redis figures)."""
+    with how many have no TTL (persistent) and how many expire, the longest TTL left
+    (`ttl_max`, seconds; −1: a key without one), and with `sizes` their bytes
+    (MEMORY USAGE, Redis's estimate of the key and its value). Taken between cycles (SCAN,
+    TTL and MEMORY USAGE of every key: the driver's, not counted in a cycle's Redis
+    figures)."""
     names = list(r.scan_iter(count=1000))
     with r.pipeline(transaction=False) as pipe:
         for name in names:
             pipe.ttl(name)
-        ttls = pipe.execute()
+            if sizes:
+                pipe.memory_usage(name)
+        replies = pipe.execute()
+    step = 2 if sizes else 1
     classes: dict[str, dict[str, int]] = {}
-    for name, ttl in zip(names, ttls):
+    for index, name in enumerate(names):
+        ttl = replies[step * index]
+        if ttl == -2:  # expired between the SCAN and the TTL
+            continue
         group = next((c for c in _KEY_CLASSES if name.startswith(c)), name)
         entry = classes.setdefault(group, {"persistent": 0, "expiring": 0})
         entry["persistent" if ttl == -1 else "expiring"] += 1
+        entry["ttl_max"] = max(entry.get("ttl_max", -1), ttl)
+        if sizes:
+            entry["bytes"] = entry.get("bytes", 0) + (replies[step * index + 1] or 0)
     return dict(sorted(classes.items()))
+
+
+def class_keys(entry: dict[str, int]) -> int:
+    """The keys of one key_classes entry."""
+    return entry.get("persistent", 0) + entry.get("expiring", 0)
+
+
+def _sample(r) -> dict[str, Any]:
+    """Redis at a cycle's start: key count, used_memory, and keys and bytes by class."""
+    return {"at": round(time.time(), 3), "keys": r.dbsize(),
+            "memory": r.info("memory")["used_memory"], "classes": key_classes(r, sizes=True)}
+
+
+def spread(values: list[float]) -> float | None:
+    """(max − min) / mean, in %."""
+    return (round(100 * (max(values) - min(values)) / (sum(values) / len(values)), 2)
+            if values and sum(values) else None)
+
+
+def steady_state(cycle_reports: list[dict[str, Any]], ttl_s: float) -> dict[str, Any]:
+    """The samples taken once the ledger's TTL has passed since the first cycle's end (every
+    entry written before is gone, so the ledger holds the tests of the last TTL only): how
+    many, and the spread of key count, used_memory and the ledger's keys and bytes over
+    them. With pacing, flat state means these spreads stay small."""
+    samples = [c["at_start"] for c in cycle_reports if "at_start" in c]
+    first_end = next((c["at_start"]["at"] + c["makespan_s"] for c in cycle_reports
+                      if "makespan_s" in c and "at_start" in c), None)
+    if first_end is None:
+        return {"samples": 0}
+    steady = [s for s in samples if s["at"] >= first_end + ttl_s]
+    ledger = [s["classes"].get("cbw:task:", {}) for s in steady]
+    out: dict[str, Any] = {"ledger_ttl_s": ttl_s, "samples": len(steady)}
+    if steady:
+        out.update(
+            keys=[min(s["keys"] for s in steady), max(s["keys"] for s in steady)],
+            keys_spread_pct=spread([s["keys"] for s in steady]),
+            memory=[min(s["memory"] for s in steady), max(s["memory"] for s in steady)],
+            memory_spread_pct=spread([s["memory"] for s in steady]),
+            ledger_keys=[min(map(class_keys, ledger)), max(map(class_keys, ledger))],
+            ledger_keys_spread_pct=spread([class_keys(e) for e in ledger]),
+            ledger_bytes_per_entry=round(sum(e.get("bytes", 0) for e in ledger)
+                                         / max(1, sum(map(class_keys, ledger))), 1))
+    return out
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_s(pids: list[int]) -> float:
+    """CPU seconds (user + system, all threads) the processes used so far (/proc)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / _TICK
+    return total
 
 
 def _backlog(r) -> int:
@@ -170,11 +250,17 @@ def _env(options: Options, redis_url: str, carbon) -> dict[str, str | None]:
         "CBANDWIDTH_SAMPLE_PEERS": str(options.sample_peers),
         "CBANDWIDTH_HEARTBEAT_INTERVAL": str(options.heartbeat_s),
         "CBANDWIDTH_POLL_LENGTH": "1",
-        "CBANDWIDTH_POLL_INTERVAL": "1",
+        "CBANDWIDTH_POLL_INTERVAL": str(options.interval_s or 1),
         "CBANDWIDTH_TIMEOUT_MARGIN": "5",
         "CBANDWIDTH_CARBON_TIMEOUT": "2",
         "PYTHONUNBUFFERED": "1",
     })
+    for name, value in options.settings.items():
+        if name in env:
+            raise SimulationError(f"{name} is set by the simulation itself")
+        if not name.startswith("CBANDWIDTH_"):
+            raise SimulationError(f"{name}: only CBANDWIDTH_* settings can be passed")
+        env[name] = value
     if carbon is not None:
         env["CBANDWIDTH_GRAPHITE_ADDRESS"] = carbon.bind
         env["CBANDWIDTH_GRAPHITE_PORT"] = str(carbon.line_port)
@@ -190,7 +276,10 @@ def _run(options: Options, workdir: Path, started: list, progress) -> dict[str, 
         server = RedisServer(state_dir=workdir / "redis", log_dir=workdir / "logs").start()
         started.append(server)
         redis_url = server.url
-    carbon = Carbon(state_dir=workdir / "carbon", log_dir=workdir / "logs").start()
+    # Short retention: every pair's series is a whisper file of its own, and the lab's default
+    # (1s:6h,60s:7d, 380 KB a file) filled 79 GB of disk in 15 cycles at 1,000 nodes.
+    carbon = Carbon(state_dir=workdir / "carbon", log_dir=workdir / "logs",
+                    retentions=CARBON_RETENTIONS).start()
     started.append(carbon)
     env = _env(options, redis_url, carbon)
     # This process is beat: its settings (and the Celery app's broker) come from the same
@@ -202,10 +291,13 @@ def _run(options: Options, workdir: Path, started: list, progress) -> dict[str, 
             os.environ[name] = value
     os.environ["NODE_NAME"] = "sim-beat"
     from beat import cycles, plan, scheduler
-    from workers import app, config, health, registry, store
+    from workers import app, config, health, ledger, registry, store
     from workers.metrics import lines_for
 
-    settings = config.load()
+    try:
+        settings = config.load()
+    except config.ConfigError as exc:
+        raise SimulationError(str(exc)) from None
     if config._settings is not None and config._settings.redis_url != settings.redis_url:
         raise SimulationError("this process already uses another Redis; run the simulation "
                               "in a process of its own")
@@ -255,12 +347,20 @@ def _run(options: Options, workdir: Path, started: list, progress) -> dict[str, 
     cycle_reports = []
     previous = registered
     watch_seen: frozenset = frozenset()
+    paced_from = time.time()
     for number in range(options.cycles):
+        late = None
+        if options.interval_s:
+            due = paced_from + number * options.interval_s
+            late = max(0.0, time.time() - due)
+            time.sleep(max(0.0, due - time.time()))
         # One cycle per interval (claim_interval): wait until the last one's claim is gone,
         # so emit_cycle is timed planning once.
-        wait_for(lambda: r.pttl(cycles.INTERVAL) <= 0, 10, "the interval claim to expire",
-                 interval=0.02)
+        wait_for(lambda: r.pttl(cycles.INTERVAL) <= 0, 10 + options.interval_s,
+                 "the interval claim to expire", interval=0.02)
+        at_start = _sample(r)
         before = _redis_info(r)
+        cpu_before = (_cpu_s([a.pid for a in agents]), _cpu_s([handler.pid]))
         backlog_start = _backlog(r)
         t0 = time.time()
         cycle_id = scheduler.emit_cycle(app, r, settings, beat_id="sim-beat")
@@ -286,6 +386,7 @@ def _run(options: Options, workdir: Path, started: list, progress) -> dict[str, 
                 backlog_max = max(backlog_max, _backlog(r))
             time.sleep(0.05)
         at_finish = _redis_info(r)
+        cpu_finish = (_cpu_s([a.pid for a in agents]), _cpu_s([handler.pid]))
         backlog_finish = _backlog(r)
         backlog_max = max(backlog_max, backlog_finish)
         if cut:
@@ -323,6 +424,17 @@ def _run(options: Options, workdir: Path, started: list, progress) -> dict[str, 
             "results_per_s": round(planned / max(drained - t0, 1e-3), 1),
         }
         entry["done"] = done
+        # CPU the agents and the result handler spent per test while the cycle ran (emit to
+        # its end): with Redis's own (redis.cpu_ms_per_test) where the machine's cores went.
+        entry["agents_cpu_ms_per_test"] = round(1000 * (cpu_finish[0] - cpu_before[0])
+                                                / max(planned, 1), 2)
+        entry["handler_cpu_ms_per_test"] = round(1000 * (cpu_finish[1] - cpu_before[1])
+                                                 / max(planned, 1), 2)
+        entry["redis_cpu_s"] = round(at_finish["cpu"] - before["cpu"], 2)
+        entry["agents_cpu_s"] = round(cpu_finish[0] - cpu_before[0], 2)
+        entry["at_start"] = at_start
+        if late is not None:
+            entry["started_late_s"] = round(late, 3)
         entry["key_classes"] = key_classes(r)
         entry["accounted"] = sum(entry["outcomes"].values())
         entry["number"] = int(meta.get("number", number))
@@ -351,7 +463,8 @@ def _run(options: Options, workdir: Path, started: list, progress) -> dict[str, 
     records = _read_records(record_paths)
     carbon_files = sum(1 for _ in carbon.whisper_dir.rglob("*.wsp"))
     return _report(options, cycle_reports, records, empty, registered, previous, plan_times,
-                   zone_of, sample_lines, carbon_files, workdir, planned_pairs)
+                   zone_of, sample_lines, carbon_files, workdir, planned_pairs,
+                   ledger.ttl_s(settings))
 
 
 def _plan_pairs(plan, settings, nodes, number: int) -> set[frozenset[str]]:
@@ -402,7 +515,7 @@ def _sample_result() -> dict[str, Any]:
 
 
 def _report(options, cycle_reports, records, empty, registered, last, plan_times, zone_of,
-            sample_lines, carbon_files, workdir, planned_pairs) -> dict[str, Any]:
+            sample_lines, carbon_files, workdir, planned_pairs, ledger_ttl_s) -> dict[str, Any]:
     from beat.rounds import max_sample_age_cycles
 
     grouped = check.by_cycle(records)
@@ -442,4 +555,6 @@ def _report(options, cycle_reports, records, empty, registered, last, plan_times
         "sampled": _coverage(options, seen, zone_of, len(cycle_reports),
                              max_sample_age_cycles) if options.schedule == "sampled" else None,
         "records_dir": str(workdir) if options.workdir else None,
+        "steady_state": steady_state(cycle_reports, ledger_ttl_s),
+        "hand_off_parts_ms": check.hand_off_parts(records),
     }

@@ -23,7 +23,9 @@ stops.
 The lock log: each task's record, one JSON line in `--log` written when the task ends: node,
 cycle, job, the lock's owner, fence and exclusive resources, when `locks.acquire` returned
 the lease and when `locks.release` was called (the real functions, wrapped here), and the
-null tool's start and end. The real hold contains [acquired, released], so two tests of one
+null tool's start and end; for the hand-off's parts also when the consumer fetched the
+message (task_received), when the task started (task_prerun: `received`), and when it
+advanced its cycle and sent the jobs that released (`cycles.advance`, `cycles.send`). The real hold contains [acquired, released], so two tests of one
 node overlap only if their logged intervals do (checked by workers.simulate.check).
 """
 from __future__ import annotations
@@ -121,6 +123,49 @@ def _wrap_locks(locks_module) -> None:
     locks_module.acquire, locks_module.release = recorded_acquire, recorded_release
 
 
+def _wrap_cycles(cycles_module) -> None:
+    """Record when this process's tasks advanced their cycle (`cycles.advance`, the Lua
+    script) and sent the jobs it released (`cycles.send`: the ids of the tasks sent), for the
+    hand-off's parts (workers.simulate.check.hand_off_parts). The real functions run
+    unchanged."""
+    advance, send = cycles_module.advance, cycles_module.send
+
+    def recorded_advance(*args, **kwargs):
+        t0 = time.time()
+        try:
+            return advance(*args, **kwargs)
+        finally:
+            state = _task.get()
+            if state is not None:
+                state["advance"] = [round(t0, 6), round(time.time(), 6)]
+
+    class TimedApp:
+        """The app as cycles.send sees it, noting when each send_task returned (the message
+        is in its queue then; the rest of cycles.send is its `sent` bookkeeping)."""
+
+        def __init__(self, app):
+            self.app, self.sent = app, []
+
+        def send_task(self, *args, **kwargs):
+            try:
+                return self.app.send_task(*args, **kwargs)
+            finally:
+                self.sent.append(round(time.time(), 6))
+
+    def recorded_send(app, cycle_id, jobs, *args, **kwargs):
+        jobs, timed = list(jobs), TimedApp(app)
+        t0 = time.time()
+        try:
+            return send(timed, cycle_id, jobs, *args, **kwargs)
+        finally:
+            state = _task.get()
+            if state is not None and jobs:
+                state["send"] = [round(t0, 6), timed.sent,
+                                 [cycles_module.task_id(cycle_id, job["id"]) for job in jobs]]
+
+    cycles_module.advance, cycles_module.send = recorded_advance, recorded_send
+
+
 class VirtualNodes:
     """The virtual nodes this process serves: their settings, registry heartbeat and the
     task hooks that make a worker thread act as one of them."""
@@ -147,6 +192,11 @@ class VirtualNodes:
         self.base = base
         self._stop = threading.Event()
         self._tokens = threading.local()
+        self._fetched: dict[str, float] = {}
+
+    def fetched(self, task_id: str) -> None:
+        """task_received: the consumer got the message from the broker (before the pool)."""
+        self._fetched[task_id] = round(time.time(), 6)
 
     @property
     def queues(self) -> list[str]:
@@ -199,7 +249,8 @@ class VirtualNodes:
         state = {"node": settings.node_name if settings else None, "task": task.request.id,
                  "cycle": kwargs.get("cycle"), "job": kwargs.get("job"),
                  "peer": kwargs.get("peer"), "directions": list(directions),
-                 "received": round(time.time(), 6)}
+                 "received": round(time.time(), 6),
+                 "fetched": self._fetched.pop(task.request.id, None)}
         tokens.append(_task.set(state))
         self._tokens.value = (tokens, state)
 
@@ -240,6 +291,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from celery import signals
 
+    from beat import cycles
     from workers import app, config, locks
 
     base = config.exit_on_error()
@@ -247,6 +299,12 @@ def main(argv: list[str] | None = None) -> None:
     nodes = VirtualNodes(base, args.first, args.count, args.zones, args.hold_ms / 1000,
                          recorder)
     _wrap_locks(locks)
+    _wrap_cycles(cycles)
+
+    @signals.task_received.connect(weak=False)
+    def _received(request=None, **_):
+        if request is not None:
+            nodes.fetched(request.id)
 
     @signals.task_prerun.connect(weak=False)
     def _prerun(task=None, kwargs=None, **_):

@@ -136,3 +136,50 @@ def max_gap_cycles(first_seen: dict[frozenset[str], list[int]], cycles: int,
             worst = max(worst, cycle - previous)
             previous = cycle
     return worst
+
+
+HAND_OFF_PARTS = ("finish", "advance", "send", "broker", "pool", "start", "lock")
+"""The parts of a hand-off, in order, from the releasing predecessor's tool end to the next
+test's tool start:
+
+- finish: the predecessor's lock check and release, ledger, hand-over to the result stream;
+- advance: its cycle advance (the Lua script, one round trip);
+- send: `cycles.send` up to the successor's send_task returning (a job released with
+  another is sent after it);
+- broker: from there until the successor's consumer has the message (Redis queue,
+  the consumer's BRPOP / polling);
+- pool: from the consumer to the task starting in a pool thread (task_prerun);
+- start: the task's own start (earlier outcome check, ledger, identity) up to its lease;
+- lock: from the lease to the null tool's start (the test itself: measure's set-up)."""
+
+
+def hand_off_parts(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Each part of HAND_OFF_PARTS over every hand-off whose releasing predecessor sent the
+    successor (records joined by task id): median and p90 in ms, and the share of the summed
+    median gap. Needs the fetch, advance and send times the agents record."""
+    by_task = {r.get("task"): r for r in records if r.get("runs")}
+    parts: dict[str, list[float]] = {name: [] for name in HAND_OFF_PARTS}
+    totals = []
+    for sender in by_task.values():
+        send = sender.get("send")
+        advance = sender.get("advance")
+        if not send or not advance:
+            continue
+        for task, sent in zip(send[2], send[1]):
+            nxt = by_task.get(task)
+            if nxt is None or nxt.get("fetched") is None or nxt.get("acquired") is None:
+                continue
+            points = [sender["runs"][-1][1], advance[0], send[0], sent, nxt["fetched"],
+                      nxt["received"], nxt["acquired"], nxt["runs"][0][0]]
+            for name, a, b in zip(HAND_OFF_PARTS, points, points[1:]):
+                parts[name].append(b - a)
+            totals.append(points[-1] - points[0])
+    if not totals:
+        return {"count": 0}
+    out: dict[str, Any] = {"count": len(totals),
+                           "total": summary(totals, 1000, 1)}
+    for name, values in parts.items():
+        out[name] = {"median": round(statistics.median(values) * 1000, 1),
+                     "p90": round(percentile(values, 0.9) * 1000, 1),
+                     "mean": round(statistics.fmean(values) * 1000, 1)}
+    return out
