@@ -7,10 +7,17 @@ the client asks the sentinels for the current master at each new connection and 
 it, so every write and every Lua script (locks, cycles) runs on the master. After a failover
 the connections to the old master fail once (the command raises ConnectionError) and the next
 command connects to the promoted replica.
+
+Replication is asynchronous: a write the master acknowledged can be missing on the replica that
+is promoted. The writes that must survive a failover (a test's lock before its tool starts, a
+result's hand-over before its message is acked) go through `replicated`, which follows them with
+WAIT on the same connection and raises `Unreplicated` when fewer than
+CBANDWIDTH_REDIS_REPLICAS_WAIT replicas have them within CBANDWIDTH_REDIS_REPLICAS_TIMEOUT.
 """
 from __future__ import annotations
 
 import functools
+from typing import Any, Callable
 from urllib.parse import unquote, urlsplit
 
 import redis
@@ -58,3 +65,32 @@ def sentinel_master(url: str, master: str | None, sentinel_password: str | None 
 
 def key(*parts: object) -> str:
     return KEY_PREFIX + ":".join(str(p) for p in parts)
+
+
+class Unreplicated(redis.RedisError):
+    """A write that must survive a failover reached fewer replicas than required in time."""
+
+
+def replicated(r: redis.Redis, build: Callable[[Any], None], replicas: int,
+               timeout_s: float) -> list[Any]:
+    """Run the commands `build(pipeline)` adds, then WAIT for `replicas` replicas; return the
+    commands' replies, or raise Unreplicated.
+
+    WAIT counts the replicas that have the last write made *on its own connection*, so it goes
+    in one pipeline with the writes (a pooled client may hand each command another connection,
+    which would confirm nothing). After a connection error redis-py re-runs the pipeline whole,
+    on one new connection (after a failover: on the new master), so a WAIT never vouches for a
+    write made elsewhere. The commands must end with a write even when they change nothing (a
+    script that finds its work done touches a counter), so that WAIT also covers the earlier
+    write they found. Without replicas to wait for (`replicas` 0) no WAIT is sent."""
+    with r.pipeline(transaction=False) as pipe:
+        build(pipe)
+        if replicas:
+            pipe.execute_command("WAIT", replicas, max(1, int(timeout_s * 1000)))
+        replies = pipe.execute()
+    if replicas:
+        acked = int(replies.pop())
+        if acked < replicas:
+            raise Unreplicated(f"{acked} of {replicas} replica(s) confirmed the write within "
+                               f"{timeout_s:g} s")
+    return replies
