@@ -12,6 +12,7 @@ WAIT), and a result's message is acked only once a replica has its hand-over:
 - the first test shows both halves of a lock's fate through a failover, and that the system
   carries on against the promoted replica;
 - the second stalls replication: no test runs on an unconfirmed lock, no hand-over is acked;
+  a replica that is gone (not online) stops nothing;
 - the third kills the master while replication stalls: no two tests overlap, the result
   arrives once. The last two failed on the code before WAIT.
 """
@@ -245,6 +246,29 @@ def _stream_entries(r, task_id: str) -> int:
     return sum(1 for _, fields in r.xrange(results.STREAM) if fields.get("key") == task_id)
 
 
+@contextlib.contextmanager
+def _unheard(master, replicas):
+    """Replication stalls while the replicas stay online: the master's stream to each of them
+    is dropped (iptables, on exactly those connections), so the master still counts them
+    (ROLE) but they neither receive its writes nor confirm them (WAIT times out)."""
+    require("iptables")
+    listing = master.command("CLIENT", "LIST", "TYPE", "replica").decode()
+    ports = [int(line.split("addr=")[1].split()[0].rsplit(":", 1)[1])
+             for line in listing.splitlines() if "addr=" in line]
+    assert len(ports) == len(replicas), listing
+    rules = [["OUTPUT", "-o", "lo", "-p", "tcp", "-s", master.bind, "--sport", str(master.port),
+              "--dport", str(port), "-j", "DROP"] for port in ports]
+    added = []
+    try:
+        for rule in rules:
+            subprocess.run(["iptables", "-w", "-I", *rule], check=True)
+            added.append(rule)
+        yield
+    finally:
+        for rule in added:
+            subprocess.run(["iptables", "-w", "-D", *rule], check=False)
+
+
 @pytest.mark.timeout(90)
 def test_no_test_runs_on_a_lock_and_no_result_is_acked_before_a_replica_has_it(
         sentinel_group, tmp_path, monkeypatch):
@@ -252,7 +276,7 @@ def test_no_test_runs_on_a_lock_and_no_result_is_acked_before_a_replica_has_it(
     does not have (it is skipped, saying why), and its hand-over is not acked (the Celery
     message stays unfinished, retried) until the replica has it. On the old code the test ran
     unconfirmed and its message was acked at once."""
-    from workers import ledger, locks
+    from workers import ledger, locks, store
 
     master, replica, sentinels = sentinel_group
     with _system(sentinels, tmp_path, monkeypatch, CBANDWIDTH_REDIS_REPLICAS_TIMEOUT="0.5",
@@ -281,26 +305,40 @@ def test_no_test_runs_on_a_lock_and_no_result_is_acked_before_a_replica_has_it(
         assert _stream_entries(r, stalled.id) == 1
         assert json.loads(system.measure("after").get(timeout=30))["status"] == "ok"
 
+        # A replica that is gone (not online on the master) stops nothing: there is no replica
+        # a failover could promote, so tests run, unwaited.
+        replica.process.kill(signal.SIGKILL)
+        wait_until(lambda: store.online_replicas(r) == 0, 15, what="the master to drop it")
+        started = time.monotonic()
+        alone = json.loads(system.measure("alone").get(timeout=30))
+        assert alone["status"] == "ok" and not alone["lock"]["expired"], alone
+        assert time.monotonic() - started < 10
+
 
 @pytest.mark.timeout(120)
 def test_a_master_killed_while_replication_stalls_lets_no_two_tests_overlap(
         sentinel_group_two, tmp_path, monkeypatch):
-    """Both replicas are cut off when a test starts, and the master is SIGKILLed a moment
-    later. A second owner then keeps trying the test's node on the promoted replica: it must
-    never hold it while the test runs, and the test's result arrives once. On the old code the
-    test ran on a lock the master alone had; the promoted replica did not know it, and the
-    second owner took the node while the test still measured."""
+    """Neither replica receives the master's writes (both still online) when a test starts,
+    and the master is SIGKILLed a moment later. A second owner then keeps trying the test's
+    node on the promoted replica: it must never hold it while the test runs, and the test's
+    result arrives once. On the old code the test ran on a lock the master alone had; the
+    promoted replica did not know it, and the second owner took the node while the test still
+    measured."""
     from workers import locks
 
     master, replicas, sentinels = sentinel_group_two
     with _system(sentinels, tmp_path, monkeypatch, CBANDWIDTH_REDIS_REPLICAS_TIMEOUT="0.5",
                  CBANDWIDTH_LOCK_WAIT="30") as system:
         r = system.r
-        with _cut_off(master, replicas):
+        with _unheard(master, replicas):
             running = system.measure("first", length=6)
             time.sleep(2)
             master.process.kill(signal.SIGKILL)
             master.process.wait(5)
+            # Kept unheard until a replica is master: nothing the dead master had queued
+            # reaches it afterwards.
+            wait_until(lambda: _promoted(sentinels, replicas), 30,
+                       what="the sentinels to promote a replica")
 
         held: list[tuple[float, float]] = []   # when the second owner held the node
         done = threading.Event()
@@ -316,14 +354,12 @@ def test_a_master_killed_while_replication_stalls_lets_no_two_tests_overlap(
                         locks.release(r, lease)
                         held.append((since, time.time()))
                 except redis.RedisError:
-                    pass  # the master is gone until the promotion
+                    pass  # a connection to the dead master
                 time.sleep(0.1)
 
         prober = threading.Thread(target=second_owner, daemon=True)
         prober.start()
         try:
-            wait_until(lambda: _promoted(sentinels, replicas), 30,
-                       what="the sentinels to promote a replica")
             first = json.loads(running.get(timeout=90))
         finally:
             done.set()
