@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 import logging
 import random
-from typing import Any
+import time
+from typing import Any, Callable
 
 import redis as redis_errors
 from celery.exceptions import Retry
@@ -20,8 +21,8 @@ from celery.exceptions import Retry
 from beat import cycles
 from workers import (app, config, health, hosts, jobs, ledger, locks, progress, registry,
                      results, runners, store)
-from workers.defaults import (HAND_OVER_BACKOFF_CAP, HAND_OVER_RETRIES, LOCK_BACKOFF_CAP,
-                              LOCK_SLACK)
+from workers.defaults import (FAILOVER_RIDE_S, HAND_OVER_BACKOFF_CAP, HAND_OVER_RETRIES,
+                              LOCK_BACKOFF_CAP, LOCK_SLACK)
 from workers.measurement import Reason
 
 log = logging.getLogger(__name__)
@@ -103,9 +104,8 @@ def _hand_over(task, redis, request: jobs.Request, task_id: str, result: dict[st
             log.error("could not record test %s as handed over: %s", task_id, exc)
     try:
         _note_health(result)  # before the advance: the cycle's report reads what it notes
-        results.hand_over(redis, task_id, result)
-        _advance_cycle(redis, request, result, redelivered)
-        _confirm_replicated(redis, request, task_id, result)
+        _riding_out_failover(lambda: _hand_over_once(redis, request, task_id, result,
+                                                     redelivered))
     except Exception as exc:
         tries = task.request.retries
         if isinstance(exc, store.Unreplicated) and tries >= HAND_OVER_RETRIES:
@@ -121,6 +121,32 @@ def _hand_over(task, redis, request: jobs.Request, task_id: str, result: dict[st
         countdown = min(2 ** tries, HAND_OVER_BACKOFF_CAP)
         log.error("test %s: hand-over failed (%s); retried in %s s", task_id, exc, countdown)
         raise task.retry(countdown=countdown, max_retries=None, exc=exc)
+
+
+def _hand_over_once(redis, request, task_id, result, redelivered) -> None:
+    if not ledger.handed_over(redis, task_id):  # lost with a Redis that went away meanwhile
+        ledger.mark_handed_over(redis, task_id, result)
+    results.hand_over(redis, task_id, result)
+    _advance_cycle(redis, request, result, redelivered)
+    _confirm_replicated(redis, request, task_id, result)
+
+
+def _riding_out_failover(step: Callable[[], None]) -> None:
+    """Run `step`, again while Redis cannot be reached, for up to FAILOVER_RIDE_S: a
+    failover takes Sentinel's down-after time plus an election, and a Celery retry in that
+    window cannot even be queued (the broker is the same Redis), which would drop the message
+    with its result."""
+    deadline = time.monotonic() + FAILOVER_RIDE_S
+    pause = 0.5
+    while True:
+        try:
+            return step()
+        except (redis_errors.ConnectionError, redis_errors.TimeoutError) as exc:
+            if time.monotonic() + pause > deadline:
+                raise
+            log.warning("Redis unreachable (%s); handing over again in %.1f s", exc, pause)
+            time.sleep(pause)
+            pause = min(2 * pause, 5.0)
 
 
 def _confirm_replicated(redis, request: jobs.Request, task_id: str,

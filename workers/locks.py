@@ -40,6 +40,8 @@ _HELD = (_LUA / "held.lua").read_text()
 FENCE = key("fence")
 UNREPLICATED = "(no replica confirmed the locks)"
 """What try_acquire reports as busy when the locks were free but not replicated in time."""
+UNREACHABLE = "(Redis unreachable)"
+"""What acquire reports as busy while Redis cannot be reached."""
 WAKE_SLICE_S = 1.0
 """Longest single block on a wake list, in seconds. Only one waiter wakes per release, so
 the others re-check after at most this long."""
@@ -133,7 +135,13 @@ def acquire(r: redis.Redis, resources: Resources, ttl_ms: int, wait_s: float,
     started = time.monotonic()
     deadline = started + wait_s
     while True:
-        fence, busy = try_acquire(r, resources, owner, ttl_ms, replicas, replicas_timeout_s)
+        try:
+            fence, busy = try_acquire(r, resources, owner, ttl_ms, replicas, replicas_timeout_s)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            # Redis away (a failover in progress): waited out like a busy resource. An attempt
+            # whose reply was lost left this owner's locks, which the next attempt takes over.
+            log.warning("locks %s: Redis unreachable (%s); trying again", owner, exc)
+            fence, busy = 0, UNREACHABLE
         if fence:
             return Lease(resources, owner, fence, ttl_ms, time.monotonic() - started)
         if on_busy is not None:
@@ -141,9 +149,9 @@ def acquire(r: redis.Redis, resources: Resources, ttl_ms: int, wait_s: float,
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return None
-        if on_wait is not None:
+        if on_wait is not None and busy != UNREACHABLE:
             on_wait(busy, time.monotonic() - started)
-        if busy == UNREPLICATED:  # nothing to be woken by; WAIT itself took its timeout
+        if busy in (UNREPLICATED, UNREACHABLE):  # nothing to be woken by
             time.sleep(min(WAKE_SLICE_S, remaining))
             continue
         # BLPOP takes whole or fractional seconds; a slice keeps us within the deadline.
