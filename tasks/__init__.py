@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 import logging
 import random
-from typing import Any
+import time
+from typing import Any, Callable
 
 import redis as redis_errors
 from celery.exceptions import Retry
@@ -20,8 +21,8 @@ from celery.exceptions import Retry
 from beat import cycles
 from workers import (app, config, health, hosts, jobs, ledger, locks, progress, registry,
                      results, runners, store)
-from workers.defaults import (HAND_OVER_BACKOFF_CAP, HAND_OVER_RETRIES, LOCK_BACKOFF_CAP,
-                              LOCK_SLACK)
+from workers.defaults import (FAILOVER_RIDE_S, HAND_OVER_BACKOFF_CAP, HAND_OVER_RETRIES,
+                              LOCK_BACKOFF_CAP, LOCK_SLACK)
 from workers.measurement import Reason
 
 log = logging.getLogger(__name__)
@@ -103,10 +104,16 @@ def _hand_over(task, redis, request: jobs.Request, task_id: str, result: dict[st
             log.error("could not record test %s as handed over: %s", task_id, exc)
     try:
         _note_health(result)  # before the advance: the cycle's report reads what it notes
-        results.hand_over(redis, task_id, result)
-        _advance_cycle(redis, request, result, redelivered)
+        _riding_out_failover(lambda: _hand_over_once(redis, request, task_id, result,
+                                                     redelivered))
     except Exception as exc:
         tries = task.request.retries
+        if isinstance(exc, store.Unreplicated) and tries >= HAND_OVER_RETRIES:
+            # On the master, only a failover could lose it now; holding the message longer
+            # would hold the cycle too. The README says so.
+            log.error("test %s: handed over, but no replica confirmed it after %d tries: %s",
+                      task_id, tries + 1, exc)
+            return
         if tries >= HAND_OVER_RETRIES:
             log.error("test %s: hand-over failed %d times, giving up: %s", task_id, tries + 1,
                       exc)
@@ -116,6 +123,60 @@ def _hand_over(task, redis, request: jobs.Request, task_id: str, result: dict[st
         raise task.retry(countdown=countdown, max_retries=None, exc=exc)
 
 
+def _hand_over_once(redis, request, task_id, result, redelivered) -> None:
+    if not ledger.handed_over(redis, task_id):  # lost with a Redis that went away meanwhile
+        ledger.mark_handed_over(redis, task_id, result)
+    results.hand_over(redis, task_id, result)
+    _advance_cycle(redis, request, result, redelivered)
+    _confirm_replicated(redis, request, task_id, result)
+
+
+def _riding_out_failover(step: Callable[[], None]) -> None:
+    """Run `step`, again while Redis cannot be reached, for up to FAILOVER_RIDE_S: a
+    failover takes Sentinel's down-after time plus an election, and a Celery retry in that
+    window cannot even be queued (the broker is the same Redis), which would drop the message
+    with its result."""
+    deadline = time.monotonic() + FAILOVER_RIDE_S
+    pause = 0.5
+    while True:
+        try:
+            return step()
+        except (redis_errors.ConnectionError, redis_errors.TimeoutError) as exc:
+            if time.monotonic() + pause > deadline:
+                raise
+            log.warning("Redis unreachable (%s); handing over again in %.1f s", exc, pause)
+            time.sleep(pause)
+            pause = min(2 * pause, 5.0)
+
+
+def _confirm_replicated(redis, request: jobs.Request, task_id: str,
+                        result: dict[str, Any]) -> None:
+    """With replicas to wait for (CBANDWIDTH_REDIS_REPLICAS_WAIT), the message is acked only
+    once a replica has the hand-over and the cycle's advance: else a failover right after could
+    lose the result (or wedge the cycle) with nobody left to redo it. One pipeline, ending
+    with WAIT, re-adds the result if the master no longer has it (a failover since) and checks
+    the advance is there; raises store.Unreplicated otherwise, and the task is retried on its
+    handed-over path, which redoes both (each is idempotent)."""
+    settings = config.get()
+    if not settings.redis_replicas_wait:
+        return
+    cycle_job = bool(request.cycle and request.job)
+
+    def build(pipe) -> None:
+        results.hand_over_command(pipe, task_id, result, settings)
+        if cycle_job:
+            pipe.exists(cycles.cycle_key(request.cycle, "remaining"))
+            pipe.sismember(cycles.cycle_key(request.cycle, "done"), request.job)
+
+    replies = store.replicated(redis, build, settings.redis_replicas_wait,
+                               settings.redis_replicas_timeout_s)
+    if replies[0]:
+        log.warning("test %s: its hand-over was lost (a failover?): handed over again", task_id)
+    if cycle_job and replies[1] and not replies[2]:
+        raise store.Unreplicated(f"the advance of job {request.job} of cycle {request.cycle} "
+                                 f"is not on the master (lost in a failover?)")
+
+
 def _measure_exclusively(task, request, settings, redis, task_id, attempt) -> dict[str, Any]:
     peer, address = _identity(redis, request)
     resources = locks.resources_for(node=settings.node_name, tool=request.tool,
@@ -123,10 +184,14 @@ def _measure_exclusively(task, request, settings, redis, task_id, attempt) -> di
                                     peer=peer, aggregate_limit=settings.aggregate_max)
     ttl_ms = int(1000 * (request.longest_run_s(settings.timeout_margin_s) + LOCK_SLACK))
     report = progress.Reporter(task, redis, settings.node_name)
+    last_busy: list[str] = []
     try:
         lease = locks.acquire(redis, resources, ttl_ms, settings.lock_wait_s,
                               owner=f"{task_id}:{attempt}",
-                              on_wait=_waiting(report, redis, settings.node_name))
+                              on_wait=_waiting(report, redis, settings.node_name),
+                              replicas=settings.redis_replicas_wait,
+                              replicas_timeout_s=settings.redis_replicas_timeout_s,
+                              on_busy=last_busy.append)
     except _Leaving:
         # This agent is shutting down (SIGTERM, a rolling restart): hand the test back to
         # its queue, where the restarted agent (or beat's skip, if it never returns) finds it.
@@ -141,8 +206,10 @@ def _measure_exclusively(task, request, settings, redis, task_id, attempt) -> di
             log.info("resources %s busy for %s s; requeued in %.1f s", list(resources.names),
                      settings.lock_wait_s, countdown)
             raise task.retry(countdown=countdown, max_retries=settings.lock_retries)
+        why = ("stayed busy" if last_busy[-1:] != [locks.UNREPLICATED] else
+               f"could not be confirmed on {settings.redis_replicas_wait} Redis replica(s)")
         return jobs.not_run(request, settings, Reason.SKIPPED,
-                            f"resources {', '.join(resources.names)} stayed busy through "
+                            f"resources {', '.join(resources.names)} {why} through "
                             f"{tries + 1} waits of {settings.lock_wait_s} s")
     try:
         result = jobs.measure(request, settings, runners.run, on_direction=report.running)

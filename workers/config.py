@@ -53,6 +53,8 @@ class Settings:
     redis_url: str = defaults.REDIS_URL
     redis_sentinel_master: str | None = None    # with sentinel:// URLs: the monitored master
     redis_sentinel_password: str | None = None  # AUTH for the sentinels themselves, if any
+    redis_replicas_wait: int = 0  # replicas a lock / hand-over must reach (WAIT); see store.py
+    redis_replicas_timeout_s: float = defaults.REDIS_REPLICAS_TIMEOUT
     node_name: str = ""
     node_address: str | None = None
     perf_servers: tuple[Target, ...] = ()
@@ -401,8 +403,15 @@ def _redis_settings(reader: _Reader) -> dict[str, object]:
     for var, value in ((master_var, master), (password_var, sentinel_password)):
         if value and not sentinel:
             raise ConfigError(var, "is set, but CBANDWIDTH_REDIS_URL is not a sentinel:// URL")
+    # Writes that must survive a failover (a lock before its test, a result before its ack)
+    # wait for this many replicas (Redis WAIT); with Sentinel there is a replica to promote.
+    replicas = _int(reader, PREFIX + "REDIS_REPLICAS_WAIT", 1 if sentinel else 0, 0, 16)
+    # Below the client's socket timeout (store._OPTIONS), which a longer WAIT would trip.
+    timeout = _float(reader, PREFIX + "REDIS_REPLICAS_TIMEOUT", defaults.REDIS_REPLICAS_TIMEOUT,
+                     0.01, 5)
     return {"redis_url": url, "redis_sentinel_master": master,
-            "redis_sentinel_password": sentinel_password}
+            "redis_sentinel_password": sentinel_password, "redis_replicas_wait": replicas,
+            "redis_replicas_timeout_s": timeout}
 
 
 def load(environ: Mapping[str, str] | None = None) -> Settings:

@@ -138,3 +138,12 @@ HAND_OVER_BACKOFF_TOTAL = sum(min(2 ** n, HAND_OVER_BACKOFF_CAP)
                               for n in range(HAND_OVER_RETRIES))
 """Seconds all hand-over retries can wait in total (121 s): part of the ledger's TTL
 (workers.ledger.ttl_s)."""
+
+REDIS_REPLICAS_TIMEOUT = 2.0
+"""Seconds a lock or a hand-over waits for its replicas (CBANDWIDTH_REDIS_REPLICAS_TIMEOUT).
+A healthy replica confirms within milliseconds; past this the write counts as unreplicated."""
+
+FAILOVER_RIDE_S = 60
+"""Seconds a node agent keeps trying to hand a result over while Redis cannot be reached (a
+Sentinel failover: down-after-milliseconds, 30 s by default, plus an election) before it falls
+back to a Celery retry, which needs the broker itself."""

@@ -82,7 +82,12 @@ redis.call('INCR', KEYS[3])
 was handed over; leaves the entry id in `id`."""
 
 _ADD = """
-if redis.call('HEXISTS', KEYS[2], 'published') == 1 then return false end
+if redis.call('HEXISTS', KEYS[2], 'published') == 1 then
+  -- Done before: still a write (INCRBY 0 is replicated), so that a WAIT after this call on its
+  -- connection also covers the earlier add found here (store.replicated).
+  redis.call('INCRBY', KEYS[3], 0)
+  return false
+end
 """ + _XADD_COUNTED + """
 redis.call('HSET', KEYS[2], 'published', id)
 redis.call('EXPIRE', KEYS[2], ARGV[2])
@@ -108,19 +113,21 @@ return n
 """
 
 
-def _add(r: redis.Redis, once: str, ttl_s: int, kind: str, entry_key: str, body: str,
-         settings: config.Settings) -> str | None:
-    return r.eval(_ADD, 4, STREAM, once, HANDED, DROPPED, settings.results_backlog_max,
-                  ttl_s, kind, entry_key, body)
-
-
 def hand_over(r: redis.Redis, task_id: str, result: dict[str, Any],
               settings: config.Settings | None = None) -> str | None:
     """Add a measured result to the stream, once per task id (its ledger hash remembers it).
     Returns the entry id, or None when it was handed over before."""
+    return hand_over_command(r, task_id, result, settings)
+
+
+def hand_over_command(r: Any, task_id: str, result: dict[str, Any],
+                      settings: config.Settings | None = None) -> Any:
+    """hand_over on `r`, a client or a pipeline (to follow it with WAIT: store.replicated).
+    Once per task id; run again, it is still a write, so WAIT covers the first add."""
     settings = settings or config.get()
-    return _add(r, ledger.key_of(task_id), ledger.ttl_s(settings), "result", task_id,
-                json.dumps(result), settings)
+    return r.eval(_ADD, 4, STREAM, ledger.key_of(task_id), HANDED, DROPPED,
+                  settings.results_backlog_max, ledger.ttl_s(settings), "result", task_id,
+                  json.dumps(result))
 
 
 def hand_over_lines(r: redis.Redis, entry_key: str | None, lines: Iterable[str],

@@ -7,10 +7,17 @@ the client asks the sentinels for the current master at each new connection and 
 it, so every write and every Lua script (locks, cycles) runs on the master. After a failover
 the connections to the old master fail once (the command raises ConnectionError) and the next
 command connects to the promoted replica.
+
+Replication is asynchronous: a write the master acknowledged can be missing on the replica that
+is promoted. The writes that must survive a failover (a test's lock before its tool starts, a
+result's hand-over before its message is acked) go through `replicated`, which follows them with
+WAIT on the same connection and raises `Unreplicated` when fewer than
+CBANDWIDTH_REDIS_REPLICAS_WAIT replicas have them within CBANDWIDTH_REDIS_REPLICAS_TIMEOUT.
 """
 from __future__ import annotations
 
 import functools
+from typing import Any, Callable
 from urllib.parse import unquote, urlsplit
 
 import redis
@@ -58,3 +65,49 @@ def sentinel_master(url: str, master: str | None, sentinel_password: str | None 
 
 def key(*parts: object) -> str:
     return KEY_PREFIX + ":".join(str(p) for p in parts)
+
+
+class Unreplicated(redis.RedisError):
+    """A write that must survive a failover reached fewer replicas than required in time."""
+
+
+def replicated(r: redis.Redis, build: Callable[[Any], None], replicas: int,
+               timeout_s: float) -> list[Any]:
+    """Run the commands `build(pipeline)` adds, then WAIT for `replicas` replicas, or for as
+    many as the master has online if fewer; return the commands' replies, or raise
+    Unreplicated.
+
+    WAIT counts the replicas that have the last write made *on its own connection*, so it goes
+    in one pipeline with the writes (a pooled client may hand each command another connection,
+    which would confirm nothing). After a connection error redis-py re-runs the pipeline whole,
+    on one new connection (after a failover: on the new master), so a WAIT never vouches for a
+    write made elsewhere. The commands must end with a write even when they change nothing (a
+    script that finds its work done touches a counter), so that WAIT also covers the earlier
+    write they found.
+
+    A master with no replica online (ROLE) has none a failover could promote with this write,
+    and the writes go on unconfirmed rather than stop every test of the cluster; a replica that
+    is online but does not confirm in time is what raises Unreplicated."""
+    need = min(replicas, online_replicas(r)) if replicas else 0
+    with r.pipeline(transaction=False) as pipe:
+        build(pipe)
+        if need:
+            pipe.execute_command("WAIT", need, max(1, int(timeout_s * 1000)))
+        replies = pipe.execute()
+    if need:
+        acked = int(replies.pop())
+        if acked < need:
+            raise Unreplicated(f"{acked} of {need} replica(s) confirmed the write within "
+                               f"{timeout_s:g} s")
+    return replies
+
+
+def online_replicas(r: redis.Redis) -> int:
+    """How many replicas the master has online (ROLE); a user that may not run ROLE (an ACL
+    file older than this) is answered with a number no master has, so that every replica
+    CBANDWIDTH_REDIS_REPLICAS_WAIT asks for is waited for."""
+    try:
+        role = r.execute_command("ROLE")
+    except redis.exceptions.NoPermissionError:
+        return 1 << 16
+    return len(role[2]) if role and role[0] in ("master", b"master") else 0

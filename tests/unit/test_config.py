@@ -71,6 +71,9 @@ def test_perf_servers_parse(text, expected):
     ("CBANDWIDTH_REDIS_URL", "sentinel://s1:26379;sentinel://s2:x", "bad port"),
     ("CBANDWIDTH_REDIS_SENTINEL_MASTER", "mymaster", "not a sentinel://"),
     ("CBANDWIDTH_REDIS_SENTINEL_PASSWORD", "pw", "not a sentinel://"),
+    ("CBANDWIDTH_REDIS_REPLICAS_WAIT", "-1", "between 0 and 16"),
+    ("CBANDWIDTH_REDIS_REPLICAS_WAIT", "one", "whole number"),
+    ("CBANDWIDTH_REDIS_REPLICAS_TIMEOUT", "30", "between 0.01 and 5"),
     ("CBANDWIDTH_IPERF_PARALLEL", "0", "between 1 and 128"),
     ("CBANDWIDTH_UDP_BANDWIDTH", "fast", "rate"),
     ("CBANDWIDTH_VISIBILITY_TIMEOUT", "61", "longest task"),
@@ -114,6 +117,17 @@ def test_a_sentinel_url_needs_a_valid_master_name_and_is_kept_whole():
     with pytest.raises(ConfigError, match="^CBANDWIDTH_REDIS_URL: the sentinels' parts name"):
         load({"CBANDWIDTH_REDIS_URL": "sentinel://s1:26379/1;sentinel://s2:26380/2",
               "CBANDWIDTH_REDIS_SENTINEL_MASTER": "cbw"})
+
+
+def test_writes_wait_for_one_replica_with_sentinel_and_for_none_without():
+    sentinel = {"CBANDWIDTH_REDIS_URL": "sentinel://s1:26379/0",
+                "CBANDWIDTH_REDIS_SENTINEL_MASTER": "cbw"}
+    assert load(sentinel).redis_replicas_wait == 1
+    assert load({}).redis_replicas_wait == 0
+    s = load(dict(sentinel, CBANDWIDTH_REDIS_REPLICAS_WAIT="0",
+                  CBANDWIDTH_REDIS_REPLICAS_TIMEOUT="0.5"))
+    assert (s.redis_replicas_wait, s.redis_replicas_timeout_s) == (0, 0.5)
+    assert load({"CBANDWIDTH_REDIS_REPLICAS_WAIT": "2"}).redis_replicas_wait == 2
 
 
 def test_every_password_of_a_sentinel_url_is_masked_in_describe():

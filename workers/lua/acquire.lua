@@ -9,15 +9,18 @@ local n_ex = tonumber(ARGV[3])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
+-- A resource this owner holds already counts as free: a call re-run after a connection error
+-- (redis-py re-sends it, possibly to a newly promoted master) must not find itself busy.
 for i = 2, 1 + n_ex do
-  if redis.call('EXISTS', KEYS[i]) == 1 then
+  local holder = redis.call('GET', KEYS[i])
+  if holder and holder ~= owner then
     return {0, KEYS[i]}
   end
 end
 for j = 2 + n_ex, #KEYS do
   redis.call('ZREMRANGEBYSCORE', KEYS[j], '-inf', now)
   local limit = tonumber(ARGV[3 + (j - 1 - n_ex)])
-  if redis.call('ZCARD', KEYS[j]) >= limit then
+  if not redis.call('ZSCORE', KEYS[j], owner) and redis.call('ZCARD', KEYS[j]) >= limit then
     return {0, KEYS[j]}
   end
 end
