@@ -441,12 +441,13 @@ def table(report: dict[str, Any]) -> str:
     for kind, row in report["rows"].items():
         lines.append("| " + " | ".join([kind] + [str(row[c]) for c in COLUMNS]) + " |")
     lines += ["", "| fault | victim | at (s into run) | lasted s | to next full-coverage "
-              "cycle s |", "|---|---|---:|---:|---:|"]
+              "cycle s | note |", "|---|---|---:|---:|---:|---|"]
     origin = min([f.start for f, _ in report["recovery"]] or [0])
     for fault, seconds in report["recovery"]:
         lasted = (fault.end - fault.start) if fault.end else 0
         lines.append(f"| {fault.kind} | {fault.victim} | {fault.start - origin:.0f} | "
-                     f"{lasted:.0f} | {'none in run' if seconds is None else f'{seconds:.0f}'} |")
+                     f"{lasted:.0f} | {'none in run' if seconds is None else f'{seconds:.0f}'} "
+                     f"| {fault.note} |")
     lines += ["", "| sampled | first quarter | middle | last quarter | flat |",
               "|---|---:|---:|---:|---|"]
     for name, shape in report["flat"].items():
