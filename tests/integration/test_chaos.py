@@ -9,9 +9,10 @@ node's queue purged (sent jobs' messages lost). The 30-minute bench adds the res
 killed, carbon stopped, Redis restarted with and without AOF, a stuck iperf3 client, a host
 dropping every packet and a Sentinel failover (the whole run then on a master, a replica and
 three sentinels); docs/benchmarks.md has its tables. The failover is not here: it needs the
-sentinels' start (about 10 s) and about 12 s per failover, so 2.5 minutes instead of 2, and
-it has not yet been run often enough to be known not to flake. Key count and memory are not judged here: two minutes are
-shorter than a test ledger's TTL, so its hashes still accumulate (the bench judges them)."""
+sentinels' start (a few seconds) and 10–14 s per failover, so 2.5 minutes instead of 2, and
+it has not yet been run often enough to be known not to flake. Key count and memory are not
+judged here: two minutes are shorter than a test ledger's TTL, so its hashes still accumulate
+(the bench judges them)."""
 from __future__ import annotations
 
 from bench import chaos, invariants
