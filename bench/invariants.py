@@ -304,7 +304,7 @@ def _cycle_reports(tapped: list[tuple[float, str]], scheduler: str) -> list[dict
         strategy, _, metric = parts[0][len(head):].partition(".")
         groups[(strategy, int(float(parts[2])))][metric] = float(parts[1])
     return [{"started": stamp - values["duration_s"], "planned": values.get("planned", 0),
-             "skipped": values.get("skipped.skipped", 0) + values.get("failed.cycle_timeout", 0)}
+             "skipped": int(values.get("skipped.skipped", 0) + values.get("failed.cycle_timeout", 0))}
             for (_, stamp), values in groups.items() if "duration_s" in values]
 
 

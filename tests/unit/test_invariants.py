@@ -100,3 +100,4 @@ def test_skips_in_a_cycles_last_moment_are_taken_from_its_report():
     checked = _check(samples, _delivered(a) + report)
     assert invariants.violations(checked, flat=False) == {}
     assert checked["rows"]["none"]["skipped"] == 2
+    assert isinstance(checked["rows"]["none"]["skipped"], int)
