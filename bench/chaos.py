@@ -19,11 +19,24 @@ relay (bench.invariants.LineTap). Faults, one at a time, each followed by a rand
 - redis_restart: Redis stopped and started again without persistence (its data is gone).
 - redis_restart_aof: the same with AOF switched on first (appendfsync everysec).
 - host_cut: one host's link down for --cut seconds (default 30), then up again.
-- stuck_client: a client connects to one agent's iperf3 server, sends its cookie and hangs
-  for 40 s.
+- host_drop: one host loses 100 % of its packets for --cut seconds, its link up (iptables
+  DROP in and out of its namespace: tc netem, the issue's tool, is not in this kernel).
+- stuck_client: a client connects to one agent's iperf3 server, sends its 37-byte cookie and
+  hangs for 40 s (the server is then busy for everybody until the agent's probe restarts it).
 - queue_purge: one node's queue emptied (messages of sent jobs lost).
+- sentinel_failover: SIGKILL to the Redis master while a test holds its locks; the sentinels
+  promote the replica (about 5 s: down-after 3 s); the old master is started again as the
+  new master's replica, so a later failover can follow.
 
-Not injected here: Sentinel failover (needs the redisha helper's Sentinel support).
+With sentinel_failover among the faults the whole run uses Redis through Sentinel: a master,
+one replica and three sentinels (quorum 2), and every process (agents, result handler, beat,
+the invariant checker) is given the sentinel:// URL and CBANDWIDTH_REDIS_SENTINEL_MASTER. The
+other Redis faults then act on the current master: redis_restart and redis_restart_aof restart
+it faster than the sentinels' down-after, so no failover follows (if one did, the campaign
+follows the sentinels and notes it); without AOF the replica resyncs to the emptied master, so
+the data is gone as without Sentinel. queue_purge deletes on the current master.
+Replication is asynchronous: a failover can lose the writes of the master's last moment (a
+lock, a hand-over, a cycle's bookkeeping, a message); the invariant columns show what it cost.
 
 The lab is torn down on any exit; every wait is bounded; only the lab's own hosts are tested.
 """
@@ -46,13 +59,15 @@ from bench.common import bounded_int, log
 from bench.schedulers import machine_facts
 from lab import Lab, stack
 from lab.process import ProcessExited
-from lab.services import RedisServer
+from lab.services import RedisServer, Sentinel
 from workers import config, store
 
 FAULTS = ("agent_kill", "agent_term", "handler_kill", "carbon_stop", "redis_restart",
-          "redis_restart_aof", "host_cut", "stuck_client", "queue_purge")
-NOT_INJECTED = {"sentinel_failover": "needs Sentinel support (redisha helper), not on this "
-                                     "branch"}
+          "redis_restart_aof", "host_cut", "host_drop", "stuck_client", "queue_purge",
+          "sentinel_failover")
+NOT_INJECTED = {"tc netem loss": "the sch_netem module is not in this kernel (tc: 'Specified "
+                                 "qdisc kind is unknown'); host_drop drops every packet with "
+                                 "iptables instead"}
 
 
 class ChaosRedis(RedisServer):
@@ -79,6 +94,94 @@ class ChaosRedis(RedisServer):
         self.aof = aof
         self.stop()
         self.start()
+
+
+class ChaosRedisHA:
+    """sentinel_failover's Redis: a master, its replica and three sentinels (quorum 2) on the
+    lab's service address. `url` is the sentinel:// URL every component is given; `master` is
+    the server the sentinels currently name (the redis faults act on it)."""
+
+    NAME = "cbw"
+    DOWN_AFTER_MS = 3000
+    """Long enough that a Redis restart (well under a second) is not taken for a failure,
+    short enough that a failover is over within about 5 s."""
+
+    def __init__(self, lab: Lab) -> None:
+        bind, state = lab.service_address, lab.state_dir
+        self.master = ChaosRedis(bind, state_dir=state / "redis-a")
+        self.replica = ChaosRedis(bind, replica_of=self.master, state_dir=state / "redis-b")
+        self.sentinels = [Sentinel(self.master, self.NAME, bind=bind,
+                                   down_after_ms=self.DOWN_AFTER_MS,
+                                   state_dir=state / f"sentinel{i}") for i in range(3)]
+
+    @property
+    def url(self) -> str:
+        return ";".join(f"{s.url}/0" for s in self.sentinels)
+
+    def start(self) -> "ChaosRedisHA":
+        self.master.start()
+        self.replica.start()
+        self._wait_replica()
+        for sentinel in self.sentinels:
+            sentinel.start()
+        # A failover needs a majority of sentinels that know each other (hello messages every
+        # 2 s) and have found the replica.
+        common.wait(lambda: all(len(s.command("SENTINEL", "sentinels", self.NAME)) == 2
+                                for s in self.sentinels), 30, "the sentinels to find each other")
+        return self
+
+    def close(self) -> None:
+        for service in [*self.sentinels, self.master, self.replica]:
+            service.close()
+
+    def _wait_replica(self) -> None:
+        """Until the replica is in sync with the master and every sentinel lists it healthy
+        (so that a failover can promote it)."""
+        def ready() -> bool:
+            info = self.replica.command("INFO", "replication")
+            if b"master_link_status:up" not in info:
+                return False
+            return all(self._replica_ok(s) for s in self.sentinels if s.running)
+        common.wait(ready, 60, f"the replica on port {self.replica.port} to sync and be seen")
+
+    def _replica_ok(self, sentinel: Sentinel) -> bool:
+        for entry in sentinel.command("SENTINEL", "replicas", self.NAME):
+            fields = dict(zip(entry[::2], entry[1::2]))
+            if int(fields[b"port"]) == self.replica.port:
+                return (b"down" not in fields[b"flags"]
+                        and fields.get(b"master-link-status") == b"ok")
+        return False
+
+    def failover(self) -> str:
+        """SIGKILL the master, wait for the sentinels to promote the replica, start the old
+        master again as a replica of the new one; returns a note of the times it took."""
+        old, new = self.master, self.replica
+        began = time.monotonic()
+        old.process.kill(signal.SIGKILL)
+        old.process.wait(10)
+        common.wait(lambda: all(s.master_address() == (new.bind, new.port)
+                                for s in self.sentinels), 60, "the sentinels to promote the replica")
+        promoted = time.monotonic() - began
+        self._swap()
+        old.start()
+        self._wait_replica()
+        return f"promoted after {promoted:.1f} s, old master a replica again after " \
+               f"{time.monotonic() - began:.1f} s"
+
+    def follow(self) -> str:
+        """After a restart of the master: if the sentinels promoted the replica meanwhile,
+        follow them (the restarted server is made a replica by the sentinels)."""
+        address = self.sentinels[0].master_address()
+        if address == (self.replica.bind, self.replica.port):
+            self._swap()
+            self._wait_replica()
+            return "the sentinels failed over during the restart"
+        self._wait_replica()
+        return ""
+
+    def _swap(self) -> None:
+        self.master, self.replica = self.replica, self.master
+        self.master.replica_of, self.replica.replica_of = None, self.master
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -124,6 +227,8 @@ class Campaign:
         self.agents: dict[str, Any] = {}
         self.handler = None
         self.beat = None
+        self.ha: ChaosRedisHA | None = None
+        self.redis = None  # the campaign's own client, through the sentinels with sentinel_failover
         self.stop = threading.Event()
         rounds = args.nodes - 1 if args.nodes % 2 == 0 else args.nodes
         self.bound = rounds * 2 * args.length
@@ -140,7 +245,9 @@ class Campaign:
             CBANDWIDTH_SERVE="iperf3", CBANDWIDTH_CARBON_RETRY_MAX="5",
             CBANDWIDTH_LOCK_WAIT=str(lock_wait), CBANDWIDTH_LOCK_RETRIES="1",
             CBANDWIDTH_VISIBILITY_TIMEOUT=str(visibility),
-            CBANDWIDTH_GRAPHITE_PORT=str(tap_port))
+            CBANDWIDTH_GRAPHITE_PORT=str(tap_port), **({
+                "CBANDWIDTH_REDIS_URL": self.ha.url,
+                "CBANDWIDTH_REDIS_SENTINEL_MASTER": self.ha.NAME} if self.ha else {}))
 
     def pids(self) -> list[int]:
         roots = [p.pid for p in [*self.agents.values(), self.handler, self.beat]
@@ -153,8 +260,8 @@ class Campaign:
         hosts = sorted(self.agents)
         victim = self.rng.choice(hosts)
         fault = invariants.Fault(kind, victim if kind in (
-            "agent_kill", "agent_term", "host_cut", "stuck_client", "queue_purge") else kind,
-            time.time())
+            "agent_kill", "agent_term", "host_cut", "host_drop", "stuck_client", "queue_purge")
+            else kind, time.time())
         log(f"{time.strftime('%H:%M:%S')} fault {kind} {fault.victim}")
         if kind == "agent_kill":
             self.agents[victim].kill(signal.SIGKILL)
@@ -184,32 +291,62 @@ class Campaign:
             self.lab.carbon.start()
             tap.resume()
         elif kind in ("redis_restart", "redis_restart_aof"):
+            # With Sentinel: the current master, restarted faster than the sentinels' down-after
+            # (no failover); without AOF its replica then resyncs to the empty dataset.
             aof = kind.endswith("aof")
             self.lab.redis.restart(aof=aof)
             if not aof:
                 self.redis_wipes.append(time.time())
+            if self.ha:
+                fault.note = self.ha.follow()
+                self.lab.redis = self.ha.master
+        elif kind == "sentinel_failover":
+            # Mid-cycle: while a test holds its locks (bounded wait).
+            try:
+                common.wait(lambda: next(self.redis.scan_iter("cbw:lock:*", count=1000), None),
+                            self.interval, "a test holding its locks")
+            except Exception:
+                fault.note = "no test running: "
+            fault.note += self.ha.failover()
+            self.lab.redis = self.ha.master
         elif kind == "host_cut":
             self.lab.host(victim).run(["ip", "link", "set", "eth0", "down"], check=True)
             time.sleep(self.args.cut)
             self.lab.host(victim).run(["ip", "link", "set", "eth0", "up"], check=True)
+        elif kind == "host_drop":
+            # 100 % loss with the link up (tc netem is not in this kernel): every packet in and
+            # out of the host dropped, so peers see silence, not a refused or unreachable peer.
+            host = self.lab.host(victim)
+            for chain in ("INPUT", "OUTPUT"):
+                host.run(["iptables", "-I", chain, "-j", "DROP"], check=True)
+            time.sleep(self.args.cut)
+            for chain in ("INPUT", "OUTPUT"):
+                host.run(["iptables", "-D", chain, "-j", "DROP"], check=True)
         elif kind == "stuck_client":
             stuck_client(self.lab.host(victim).address, 40, self.stop)
         elif kind == "queue_purge":
-            store.client(self.lab.redis.url).delete(f"node.{victim}")
+            self.redis.delete(f"node.{victim}")
         fault.end = time.time()
         return fault
 
     def run(self) -> dict[str, Any]:
         lab, args = self.lab, self.args
-        lab.redis = ChaosRedis(lab.service_address, state_dir=lab.state_dir / "redis",
-                               log_dir=lab.state_dir / "logs")
-        lab.redis.start()
+        if "sentinel_failover" in args.faults:
+            self.ha = ChaosRedisHA(lab)
+            lab.on_close(self.ha.close)
+            self.ha.start()
+            lab.redis = self.ha.master
+        else:
+            lab.redis = ChaosRedis(lab.service_address, state_dir=lab.state_dir / "redis",
+                                   log_dir=lab.state_dir / "logs")
+            lab.redis.start()
         tap = invariants.LineTap(lab.service_address, (lab.carbon.bind, lab.carbon.line_port))
         lab.on_close(tap.close)
         env = self.env(tap.port)
         settings = config.load({k: v for k, v in env.items() if v is not None})
         config._settings = settings
-        redis = store.client(lab.redis.url)
+        store.client.cache_clear()
+        self.redis = redis = store.client(settings.redis_url)
         self.agents, self.handler = stack.start_nodes(lab, env)
         log(f"{args.nodes} agents registered; beat every {self.interval} s "
             f"(bound {self.bound} s); seed {args.seed}")
@@ -240,7 +377,7 @@ class Campaign:
             self.stop.set()
             self.beat.stop()
             try:  # the cycle running when beat stopped finishes (or ends by its timeout)
-                common.wait(lambda: store.client(lab.redis.url).get(cycles.GUARD) is None,
+                common.wait(lambda: redis.get(cycles.GUARD) is None,
                             self.interval * 4 + 60, "the last cycle to end")
                 time.sleep(5)  # its last results reach carbon
             finally:

@@ -81,7 +81,8 @@ def start_nodes(lab: Lab, env: Mapping[str, str | None], hosts: list[str] | None
     handler = start_result_handler(lab, env, wait=False)
     for process in [*agents.values(), handler]:
         process.wait_for_log(r"ready\.", timeout=timeout)
-    redis = store.client(lab.redis.url)
+    # The URL the processes were given (a sentinel:// one goes through the sentinels).
+    redis = store.client(env.get("CBANDWIDTH_REDIS_URL") or lab.redis.url)
     wait_for(lambda: {n["name"] for n in registry.nodes(redis)} >= set(names), 30,
              "every agent in the registry")
     return agents, handler

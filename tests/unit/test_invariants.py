@@ -84,3 +84,20 @@ def test_an_overlap_with_a_test_whose_lock_expired_is_counted_as_flagged():
     report = _check(_samples(a, b), _delivered(a, b))
     assert report["rows"]["none"]["overlaps_flagged"] == 1
     assert report["rows"]["none"]["overlaps"] == 0
+
+
+def test_skips_in_a_cycles_last_moment_are_taken_from_its_report():
+    # The checker sampled one skip; the cycle's end skipped the last job too and deleted its
+    # stats before the next sample. The report carbon received counts both.
+    a = _result("j1", "h1", "h2", 100, 102)
+    samples = _samples(a, planned=3)
+    samples.cycles["c1"]["stats"] = {"outcome:failed:skipped": "1"}
+    base = f"{SETTINGS.scheduler_prefix}.cycle.mesh"
+    report = [(0.0, f"{base}.duration_s 30.2 130"), (0.0, f"{base}.planned 3 130"),
+              (0.0, f"{base}.skipped.skipped 2 130")]
+    assert invariants.violations(_check(samples, _delivered(a)), flat=False) == {
+        "unaccounted": 1}
+    checked = _check(samples, _delivered(a) + report)
+    assert invariants.violations(checked, flat=False) == {}
+    assert checked["rows"]["none"]["skipped"] == 2
+    assert isinstance(checked["rows"]["none"]["skipped"], int)
