@@ -24,6 +24,8 @@ from typing import Any, Iterable, Sequence
 
 import redis
 
+from beat.plan import TournamentJobs
+from beat.rounds import Tournament
 from workers.store import key
 
 GUARD = key("cycle", "guard")
@@ -34,7 +36,17 @@ SAMPLED_RATE = key("sampled", "rate")
 """A hash: the sampled schedule's rate and guaranteed sample age as beat last planned it
 (beat.scheduler.note_rate; `cloud-bandwidth status` shows it). One key, overwritten at each
 sampled cycle's start."""
-_ADVANCE = (Path(__file__).with_name("cycle_advance.lua")).read_text()
+_JOBS = Path(__file__).with_name("cycle_jobs.lua").read_text()
+_ADVANCE = _JOBS + Path(__file__).with_name("cycle_advance.lua").read_text()
+_DOCS = _JOBS + """
+local T = tournament()
+local docs = {}
+for i, id in ipairs(ARGV) do
+  local found = job(T, id)
+  docs[i] = found and found[1] or false
+end
+return docs
+"""
 _PARTS = ("jobs", "deps", "succ", "remaining", "done", "stats", "dispatched", "meta",
           "sent")
 
@@ -75,9 +87,10 @@ def release_interval(r: redis.Redis, beat_id: str) -> bool:
     return bool(r.eval(_RELEASE_INTERVAL, 1, INTERVAL, f"{beat_id} "))
 
 
-def begin(r: redis.Redis, cycle_id: str, jobs: Sequence[Any], ttl_s: int,
+def begin(r: redis.Redis, cycle_id: str, jobs: "Sequence[Any] | TournamentJobs", ttl_s: int,
           meta: dict[str, Any] | None = None) -> tuple[str | None, list[dict[str, Any]]]:
-    """Take the guard and store the plan. `jobs` have .id, .queue, .kwargs, .after.
+    """Take the guard and store the plan: `jobs` have .id, .queue, .kwargs, .after, or are a
+    tournament's by formula (beat.plan.TournamentJobs: O(N) fields, however many pairs).
 
     Returns (None, jobs to send now) when this cycle started, or (id of the cycle that still
     holds the guard, []) when it did not; nothing is stored then."""
@@ -89,14 +102,20 @@ def begin(r: redis.Redis, cycle_id: str, jobs: Sequence[Any], ttl_s: int,
         r.incr(OVERLAPS)
         return holder or "unknown", []
 
-    documents = {job.id: json.dumps({"id": job.id, "queue": job.queue, "kwargs": job.kwargs})
-                 for job in jobs}
-    successors: dict[str, list[str]] = {}
-    for job in jobs:
-        for before in job.after:
-            successors.setdefault(before, []).append(job.id)
-    waiting = {job.id: len(job.after) for job in jobs if job.after}
-    ready = [json.loads(documents[job.id]) for job in jobs if not job.after]
+    if isinstance(jobs, TournamentJobs):
+        documents = _tournament_fields(jobs)
+        waiting: dict[str, int] = {}
+        successors: dict[str, list[str]] = {}
+        ready = jobs.first()
+    else:
+        documents = {job.id: json.dumps({"id": job.id, "queue": job.queue,
+                                         "kwargs": job.kwargs}) for job in jobs}
+        successors = {}
+        for job in jobs:
+            for before in job.after:
+                successors.setdefault(before, []).append(job.id)
+        waiting = {job.id: len(job.after) for job in jobs if job.after}
+        ready = [json.loads(documents[job.id]) for job in jobs if not job.after]
 
     with r.pipeline(transaction=False) as pipe:
         for part, mapping in (("jobs", documents), ("deps", waiting),
@@ -107,12 +126,68 @@ def begin(r: redis.Redis, cycle_id: str, jobs: Sequence[Any], ttl_s: int,
             for start in range(0, len(items), 10_000):
                 pipe.hset(name, mapping=dict(items[start:start + 10_000]))
             pipe.expire(name, ttl_s)
-        pipe.set(cycle_key(cycle_id, "remaining"), len(documents), ex=ttl_s)
+        pipe.set(cycle_key(cycle_id, "remaining"), len(jobs), ex=ttl_s)
         pipe.hset(cycle_key(cycle_id, "meta"), mapping={
-            "started": time.time(), "planned": len(documents), **(meta or {})})
+            "started": time.time(), "planned": len(jobs), **(meta or {})})
         pipe.expire(cycle_key(cycle_id, "meta"), ttl_s)
         pipe.execute()
     return None, ready
+
+
+def _tournament_fields(jobs: TournamentJobs) -> dict[str, str]:
+    """A tournament's jobs hash (its layout: beat/cycle_jobs.lua)."""
+    t = jobs.tournament
+    fields = {"~t": f"{len(t.circle)} {int(t.fixed is not None)} {len(t.rounds)} {t.offset} "
+                    f"{t.stride} {t.round_size}"}
+    fields.update((f"~r{j}", f"{r} {int(flip)}") for j, (r, flip) in enumerate(t.rounds))
+    nodes = list(t.circle) + ([t.fixed] if t.fixed is not None else [])
+    fields.update((f"~n{pos}", name) for pos, name in enumerate(nodes))
+    fields.update((f"~k{pos}", json.dumps(jobs.against[name])) for pos, name in enumerate(nodes))
+    return fields
+
+
+def _stored_tournament(fields: dict[str, str]) -> TournamentJobs:
+    size, fixed, rounds, offset, stride, _ = map(int, fields["~t"].split())
+    nodes = [fields[f"~n{pos}"] for pos in range(size + fixed)]
+    return TournamentJobs(
+        Tournament(tuple(nodes[:size]), nodes[size] if fixed else None,
+                   tuple((int(r), flip == "1") for r, flip in
+                         (fields[f"~r{j}"].split() for j in range(rounds))), offset, stride),
+        {name: json.loads(fields[f"~k{pos}"]) for pos, name in enumerate(nodes)})
+
+
+def pairs(r: redis.Redis, cycle_id: str) -> Iterable[tuple[str, str]]:
+    """(node, peer) of each of the cycle's jobs that tests a peer (the report's pairs)."""
+    name = cycle_key(cycle_id, "jobs")
+    if r.hexists(name, "~t"):
+        stored = _stored_tournament(r.hgetall(name))
+        for pairs_ in stored.tournament.build():
+            for pair in pairs_:
+                yield pair.client, pair.server
+        return
+    for _, raw in r.hscan_iter(name, count=1000):
+        job = json.loads(raw)
+        peer = job.get("kwargs", {}).get("peer")
+        if peer and job.get("queue", "").startswith("node."):
+            yield job["queue"][len("node."):], peer
+
+
+def jobs(r: redis.Redis, cycle_id: str) -> list[dict[str, Any]]:
+    """Every job document of the cycle (id, queue, kwargs), while its jobs hash lives."""
+    fields = r.hgetall(cycle_key(cycle_id, "jobs"))
+    if "~t" not in fields:
+        return [json.loads(doc) for doc in fields.values()]
+    stored = _stored_tournament(fields)
+    return [stored.doc(j, p, pair) for j, round_ in enumerate(stored.tournament.build())
+            for p, pair in enumerate(round_)]
+
+
+def _docs(r: redis.Redis, cycle_id: str, ids: Sequence[str]) -> list[dict[str, Any]]:
+    """The documents of these jobs of the cycle (those it has)."""
+    if not ids:
+        return []
+    found = r.eval(_DOCS, 1, cycle_key(cycle_id, "jobs"), *ids)
+    return [json.loads(doc) for doc in found if doc]
 
 
 def advance(r: redis.Redis, cycle_id: str, job_id: str, outcome: str,
@@ -185,9 +260,7 @@ def unsent(r: redis.Redis, cycle_id: str) -> list[dict[str, Any]]:
     # SMISMEMBER, not SMEMBERS: the sent set holds every job sent so far in a large cycle.
     sent = r.smismember(cycle_key(cycle_id, "sent"), released)
     missing = [job for job, was_sent in zip(released, sent) if not was_sent]
-    if not missing:
-        return []
-    return [json.loads(doc) for doc in r.hmget(cycle_key(cycle_id, "jobs"), missing) if doc]
+    return _docs(r, cycle_id, missing)
 
 
 def task_id(cycle_id: str, job_id: str) -> str:
@@ -228,9 +301,7 @@ def lost(r: redis.Redis, cycle_id: str) -> list[dict[str, Any]]:
         *queued, fetched = pipe.execute()
     waiting = "\n".join(m for messages in [*queued, fetched] for m in messages)
     missing = [job for job in candidates if f'"{task_id(cycle_id, job)}"' not in waiting]
-    if not missing:
-        return []
-    return [json.loads(doc) for doc in r.hmget(cycle_key(cycle_id, "jobs"), missing) if doc]
+    return _docs(r, cycle_id, missing)
 
 
 def job_state(r: redis.Redis, cycle_id: str, job_id: str) -> str:
