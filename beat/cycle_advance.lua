@@ -5,7 +5,8 @@
 -- Runs after beat/cycle_jobs.lua (the cycle's jobs: documents, or a tournament's formula).
 -- KEYS: 1 jobs hash, 2 deps hash (id -> unfinished predecessors; documents only),
 --       3 successors hash (id -> JSON list of ids; documents only), 4 remaining counter,
---       5 cycle guard, 6 done set, 7 stats hash, 8 dispatched hash (id -> queue), 9 sent set.
+--       5 cycle guard, 6 done marks, 7 stats hash, 8 dispatched hash (id -> queue),
+--       9 sent marks (the marks: a set or a bitmap, see beat/cycle_jobs.lua).
 -- ARGV: 1 job id, 2 cycle id, 3 outcome ("ok", "failed:<reason>", ...),
 --       then pairs of (node, busy seconds).
 -- Returns {finished (0/1), job JSON of each job now ready ...};
@@ -30,15 +31,17 @@ local function waiting(id)
   if T == nil then return tonumber(redis.call('HGET', KEYS[2], id) or '0') end
   local left = 0
   for _, before in ipairs(around(T, id, -1)) do
-    left = left + 1 - redis.call('SISMEMBER', KEYS[6], before)
+    left = left + 1 - marked(T, KEYS[6], before)
   end
   return left
 end
 
-if redis.call('SADD', KEYS[6], ARGV[1]) == 0 then
+local new = mark(T, KEYS[6], ARGV[1])
+if new == nil then return {-1} end  -- no job of this tournament: nothing to count
+if new == 0 then
   local pending = {-1}
   for _, id in ipairs(successors(ARGV[1])) do
-    if redis.call('HEXISTS', KEYS[8], id) == 1 and redis.call('SISMEMBER', KEYS[9], id) == 0
+    if redis.call('HEXISTS', KEYS[8], id) == 1 and marked(T, KEYS[9], id) == 0
         and waiting(id) <= 0 then
       table.insert(pending, job(T, id)[1])
     end

@@ -110,3 +110,21 @@ local function job(T, id)
   return {'{"id":' .. cjson.encode(id) .. ',"queue":' .. cjson.encode(queue) ..
           ',"kwargs":' .. redis.call('HGET', J, '~k' .. server) .. '}', queue}
 end
+
+-- The done and sent marks: a set of job ids (documents), or a bitmap with a bit per job,
+-- j * size + p (a tournament: 62 KB for a 1,000-node mesh, where a set of ids took tens of MB).
+-- mark returns 1 when the job was not marked before; a tournament's unknown id is never
+-- marked (nil).
+local function mark(T, key, id)
+  if T == nil then return redis.call('SADD', key, id) end
+  local j, p = parse(T, id)
+  if j == nil then return nil end
+  return 1 - redis.call('SETBIT', key, j * T.size + p, 1)
+end
+
+local function marked(T, key, id)
+  if T == nil then return redis.call('SISMEMBER', key, id) end
+  local j, p = parse(T, id)
+  if j == nil then return 0 end
+  return redis.call('GETBIT', key, j * T.size + p)
+end

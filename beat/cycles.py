@@ -6,8 +6,12 @@ out of phase (a rolling update, a mistake) finds it taken and starts nothing, so
 runs one cycle per interval. `begin` takes the cycle guard with SET NX: a cycle still running
 when the next is due finds it taken, so nothing piles up; the skip is counted. The plan's jobs
 are stored with their dependencies (a job waits for the previous job of each of its nodes),
-and `begin` returns the jobs that wait for nothing. Each finished job calls `advance` (a Lua
-script: count, release successors, end the cycle), whose ready jobs the finishing worker sends
+and `begin` returns the jobs that wait for nothing. A tournament's jobs (mesh, sampled) are
+stored as the circle method's formula instead (beat/cycle_jobs.lua: O(N) hash fields, not a
+document, a dependency count and a successor list per job: a 1,000-node mesh is about 3,000
+fields, not 1.5 M), the scripts compute a job, its successors and its predecessors from it
+in O(1), and its done and sent marks are bitmaps, a bit per job. Each finished job calls
+`advance` (a Lua script: count, release successors, end the cycle), whose ready jobs the finishing worker sends
 at once (`send` notes them as sent): the next round starts when the previous round's tests
 finish, pair by pair, not on a timer. A cycle that ends deletes its bookkeeping at once and
 the rest once its report is added to the result stream (`forget`), so Redis holds the running cycle, not the
@@ -24,7 +28,7 @@ from typing import Any, Iterable, Sequence
 
 import redis
 
-from beat.plan import TournamentJobs
+from beat import plan  # beat.plan's TournamentJobs, looked up at call time (import cycle)
 from beat.rounds import Tournament
 from workers.store import key
 
@@ -46,6 +50,19 @@ for i, id in ipairs(ARGV) do
   docs[i] = found and found[1] or false
 end
 return docs
+"""
+_MARKED = _JOBS + """
+local T = tournament()
+local flags = {}
+for i, id in ipairs(ARGV) do flags[i] = marked(T, KEYS[2], id) end
+return flags
+"""
+_MARK_SENT = _JOBS + """
+local T = tournament()
+for _, id in ipairs(ARGV) do mark(T, KEYS[2], id) end
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) else redis.call('DEL', KEYS[2]) end
+return #ARGV
 """
 _PARTS = ("jobs", "deps", "succ", "remaining", "done", "stats", "dispatched", "meta",
           "sent")
@@ -87,7 +104,7 @@ def release_interval(r: redis.Redis, beat_id: str) -> bool:
     return bool(r.eval(_RELEASE_INTERVAL, 1, INTERVAL, f"{beat_id} "))
 
 
-def begin(r: redis.Redis, cycle_id: str, jobs: "Sequence[Any] | TournamentJobs", ttl_s: int,
+def begin(r: redis.Redis, cycle_id: str, jobs: "Sequence[Any] | plan.TournamentJobs", ttl_s: int,
           meta: dict[str, Any] | None = None) -> tuple[str | None, list[dict[str, Any]]]:
     """Take the guard and store the plan: `jobs` have .id, .queue, .kwargs, .after, or are a
     tournament's by formula (beat.plan.TournamentJobs: O(N) fields, however many pairs).
@@ -102,7 +119,7 @@ def begin(r: redis.Redis, cycle_id: str, jobs: "Sequence[Any] | TournamentJobs",
         r.incr(OVERLAPS)
         return holder or "unknown", []
 
-    if isinstance(jobs, TournamentJobs):
+    if isinstance(jobs, plan.TournamentJobs):
         documents = _tournament_fields(jobs)
         waiting: dict[str, int] = {}
         successors: dict[str, list[str]] = {}
@@ -134,7 +151,7 @@ def begin(r: redis.Redis, cycle_id: str, jobs: "Sequence[Any] | TournamentJobs",
     return None, ready
 
 
-def _tournament_fields(jobs: TournamentJobs) -> dict[str, str]:
+def _tournament_fields(jobs: "plan.TournamentJobs") -> dict[str, str]:
     """A tournament's jobs hash (its layout: beat/cycle_jobs.lua)."""
     t = jobs.tournament
     fields = {"~t": f"{len(t.circle)} {int(t.fixed is not None)} {len(t.rounds)} {t.offset} "
@@ -146,10 +163,10 @@ def _tournament_fields(jobs: TournamentJobs) -> dict[str, str]:
     return fields
 
 
-def _stored_tournament(fields: dict[str, str]) -> TournamentJobs:
+def _stored_tournament(fields: dict[str, str]) -> "plan.TournamentJobs":
     size, fixed, rounds, offset, stride, _ = map(int, fields["~t"].split())
     nodes = [fields[f"~n{pos}"] for pos in range(size + fixed)]
-    return TournamentJobs(
+    return plan.TournamentJobs(
         Tournament(tuple(nodes[:size]), nodes[size] if fixed else None,
                    tuple((int(r), flip == "1") for r, flip in
                          (fields[f"~r{j}"].split() for j in range(rounds))), offset, stride),
@@ -180,6 +197,21 @@ def jobs(r: redis.Redis, cycle_id: str) -> list[dict[str, Any]]:
     stored = _stored_tournament(fields)
     return [stored.doc(j, p, pair) for j, round_ in enumerate(stored.tournament.build())
             for p, pair in enumerate(round_)]
+
+
+def _marked(r: redis.Redis, cycle_id: str, part: str, ids: Sequence[str]) -> list[bool]:
+    """Whether each job is marked in the cycle's `part` ("done", "sent"): a set of ids, or a
+    tournament's bitmap (beat/cycle_jobs.lua)."""
+    if not ids:
+        return []
+    flags = r.eval(_MARKED, 2, cycle_key(cycle_id, "jobs"), cycle_key(cycle_id, part), *ids)
+    return [bool(flag) for flag in flags]
+
+
+def mark_sent(r: redis.Redis, cycle_id: str, ids: Sequence[str]) -> None:
+    """Note these jobs as sent, for the cycle's lifetime (nothing is left behind when the
+    cycle is gone)."""
+    r.eval(_MARK_SENT, 2, cycle_key(cycle_id, "jobs"), cycle_key(cycle_id, "sent"), *ids)
 
 
 def _docs(r: redis.Redis, cycle_id: str, ids: Sequence[str]) -> list[dict[str, Any]]:
@@ -257,8 +289,7 @@ def unsent(r: redis.Redis, cycle_id: str) -> list[dict[str, Any]]:
     released = sorted(r.hkeys(cycle_key(cycle_id, "dispatched")))  # the jobs in flight: few
     if not released:
         return []
-    # SMISMEMBER, not SMEMBERS: the sent set holds every job sent so far in a large cycle.
-    sent = r.smismember(cycle_key(cycle_id, "sent"), released)
+    sent = _marked(r, cycle_id, "sent", released)
     missing = [job for job, was_sent in zip(released, sent) if not was_sent]
     return _docs(r, cycle_id, missing)
 
@@ -284,11 +315,11 @@ def lost(r: redis.Redis, cycle_id: str) -> list[dict[str, Any]]:
     if not in_flight:
         return []
     ids = sorted(in_flight)
+    was_sent = _marked(r, cycle_id, "sent", ids)
     with r.pipeline(transaction=False) as pipe:
-        pipe.smismember(cycle_key(cycle_id, "sent"), ids)
         for job in ids:
             pipe.exists(key("task", task_id(cycle_id, job)))
-        was_sent, *started = pipe.execute()
+        started = pipe.execute()
     candidates = [job for job, sent_, began in zip(ids, was_sent, started)
                   if sent_ and not began]
     if not candidates:
@@ -311,8 +342,8 @@ def job_state(r: redis.Redis, cycle_id: str, job_id: str) -> str:
     compared."""
     with r.pipeline(transaction=False) as pipe:
         pipe.get(cycle_key(cycle_id, "remaining"))
-        pipe.sismember(cycle_key(cycle_id, "done"), job_id)
-        remaining, done = pipe.execute()
+        pipe.eval(_MARKED, 2, cycle_key(cycle_id, "jobs"), cycle_key(cycle_id, "done"), job_id)
+        remaining, (done,) = pipe.execute()
     return "gone" if int(remaining or 0) <= 0 else "done" if done else "pending"
 
 
@@ -357,13 +388,5 @@ def send(app, cycle_id: str, jobs: Iterable[dict[str, Any]],
                       ignore_result=True)
         sent.append(job["id"])
     if sent and r is not None:
-        name = cycle_key(cycle_id, "sent")
-        with r.pipeline(transaction=False) as pipe:
-            pipe.sadd(name, *sent)
-            pipe.pttl(cycle_key(cycle_id, "jobs"))
-            _, ttl = pipe.execute()
-        if ttl and ttl > 0:
-            r.pexpire(name, ttl)
-        else:
-            r.delete(name)  # the cycle is gone: leave nothing behind
+        mark_sent(r, cycle_id, sent)
     return len(sent)

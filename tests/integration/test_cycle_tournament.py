@@ -37,7 +37,8 @@ def _plans():
         yield f"spread-{n}-{cycle}", spread
 
 
-@pytest.mark.parametrize("name,cycle_plan", list(_plans()), ids=lambda v: v if isinstance(v, str) else "")
+@pytest.mark.parametrize("name,cycle_plan", list(_plans()),
+                         ids=lambda v: v if isinstance(v, str) else "")
 def test_the_formula_releases_what_the_stored_jobs_release(r, name, cycle_plan):
     assert isinstance(cycle_plan.stored, plan.TournamentJobs)
     jobs = {job.id: job for job in cycle_plan.jobs}
@@ -56,7 +57,7 @@ def test_the_formula_releases_what_the_stored_jobs_release(r, name, cycle_plan):
         (job.queue[5:], job.kwargs["peer"]) for job in jobs.values())
     done: set[str] = set()
     pending = [job["id"] for job in ready]
-    r.sadd(cycles.cycle_key("t", "sent"), *pending)
+    cycles.mark_sent(r, "t", pending)
     rng = random.Random(name)
     finished = False
     while pending:
@@ -76,7 +77,7 @@ def test_the_formula_releases_what_the_stored_jobs_release(r, name, cycle_plan):
             assert sorted(j["id"] for j in cycles.advance(r, "t", job_id, "ok")[1]) == should
             assert sorted(j["id"] for j in cycles.unsent(r, "t")) == should
         if should:   # sent (cycles.send notes them so)
-            r.sadd(cycles.cycle_key("t", "sent"), *should)
+            cycles.mark_sent(r, "t", should)
         pending += should
     assert finished and done == set(jobs)
     assert cycles.active(r) is None
@@ -89,3 +90,20 @@ def test_an_id_that_is_no_job_of_the_tournament_releases_nothing(r):
     for bogus in ("r9p0", "r0p7", "j1", "r0p"):
         assert cycles.advance(r, "t", bogus, "ok") == (False, [])
         assert cycles._docs(r, "t", [bogus]) == []
+        assert cycles.job_state(r, "t", bogus) == "pending"
+    assert r.get(cycles.cycle_key("t", "remaining")) == "6"  # none of them was counted
+
+
+def test_a_tournament_marks_done_and_sent_jobs_in_bitmaps_that_live_with_the_cycle(r):
+    cycle_plan = plan.mesh(config.load({}), _nodes(8), 0)    # 7 rounds of 4 pairs
+    _, ready = cycles.begin(r, "t", cycle_plan.stored, 600)
+    cycles.mark_sent(r, "t", [job["id"] for job in ready])
+    assert cycles.advance(r, "t", "r0p1", "ok")[0] is False
+    assert cycles.job_state(r, "t", "r0p1") == "done"
+    assert cycles.job_state(r, "t", "r0p2") == "pending"
+    done, sent = cycles.cycle_key("t", "done"), cycles.cycle_key("t", "sent")
+    assert r.type(done) == r.type(sent) == "string"
+    assert [r.getbit(done, i) for i in range(4)] == [0, 1, 0, 0]
+    assert [r.getbit(sent, i) for i in range(5)] == [1, 1, 1, 1, 0]
+    assert 0 < r.pttl(done) <= 600_000 and 0 < r.pttl(sent) <= 600_000
+    assert cycles.unsent(r, "t") == []
