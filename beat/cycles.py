@@ -6,8 +6,12 @@ out of phase (a rolling update, a mistake) finds it taken and starts nothing, so
 runs one cycle per interval. `begin` takes the cycle guard with SET NX: a cycle still running
 when the next is due finds it taken, so nothing piles up; the skip is counted. The plan's jobs
 are stored with their dependencies (a job waits for the previous job of each of its nodes),
-and `begin` returns the jobs that wait for nothing. Each finished job calls `advance` (a Lua
-script: count, release successors, end the cycle), whose ready jobs the finishing worker sends
+and `begin` returns the jobs that wait for nothing. A tournament's jobs (mesh, sampled) are
+stored as the circle method's formula instead (beat/cycle_jobs.lua: O(N) hash fields, not a
+document, a dependency count and a successor list per job: a 1,000-node mesh is about 3,000
+fields, not 1.5 M), the scripts compute a job, its successors and its predecessors from it
+in O(1), and its done and sent marks are bitmaps, a bit per job. Each finished job calls
+`advance` (a Lua script: count, release successors, end the cycle), whose ready jobs the finishing worker sends
 at once (`send` notes them as sent): the next round starts when the previous round's tests
 finish, pair by pair, not on a timer. A cycle that ends deletes its bookkeeping at once and
 the rest once its report is added to the result stream (`forget`), so Redis holds the running cycle, not the
@@ -24,6 +28,8 @@ from typing import Any, Iterable, Sequence
 
 import redis
 
+from beat import plan  # beat.plan's TournamentJobs, looked up at call time (import cycle)
+from beat.rounds import Tournament
 from workers.store import key
 
 GUARD = key("cycle", "guard")
@@ -34,7 +40,30 @@ SAMPLED_RATE = key("sampled", "rate")
 """A hash: the sampled schedule's rate and guaranteed sample age as beat last planned it
 (beat.scheduler.note_rate; `cloud-bandwidth status` shows it). One key, overwritten at each
 sampled cycle's start."""
-_ADVANCE = (Path(__file__).with_name("cycle_advance.lua")).read_text()
+_JOBS = Path(__file__).with_name("cycle_jobs.lua").read_text()
+_ADVANCE = _JOBS + Path(__file__).with_name("cycle_advance.lua").read_text()
+_DOCS = _JOBS + """
+local T = tournament()
+local docs = {}
+for i, id in ipairs(ARGV) do
+  local found = job(T, id)
+  docs[i] = found and found[1] or false
+end
+return docs
+"""
+_MARKED = _JOBS + """
+local T = tournament()
+local flags = {}
+for i, id in ipairs(ARGV) do flags[i] = marked(T, KEYS[2], id) end
+return flags
+"""
+_MARK_SENT = _JOBS + """
+local T = tournament()
+for _, id in ipairs(ARGV) do mark(T, KEYS[2], id) end
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) else redis.call('DEL', KEYS[2]) end
+return #ARGV
+"""
 _PARTS = ("jobs", "deps", "succ", "remaining", "done", "stats", "dispatched", "meta",
           "sent")
 
@@ -75,9 +104,10 @@ def release_interval(r: redis.Redis, beat_id: str) -> bool:
     return bool(r.eval(_RELEASE_INTERVAL, 1, INTERVAL, f"{beat_id} "))
 
 
-def begin(r: redis.Redis, cycle_id: str, jobs: Sequence[Any], ttl_s: int,
+def begin(r: redis.Redis, cycle_id: str, jobs: "Sequence[Any] | plan.TournamentJobs", ttl_s: int,
           meta: dict[str, Any] | None = None) -> tuple[str | None, list[dict[str, Any]]]:
-    """Take the guard and store the plan. `jobs` have .id, .queue, .kwargs, .after.
+    """Take the guard and store the plan: `jobs` have .id, .queue, .kwargs, .after, or are a
+    tournament's by formula (beat.plan.TournamentJobs: O(N) fields, however many pairs).
 
     Returns (None, jobs to send now) when this cycle started, or (id of the cycle that still
     holds the guard, []) when it did not; nothing is stored then."""
@@ -89,14 +119,20 @@ def begin(r: redis.Redis, cycle_id: str, jobs: Sequence[Any], ttl_s: int,
         r.incr(OVERLAPS)
         return holder or "unknown", []
 
-    documents = {job.id: json.dumps({"id": job.id, "queue": job.queue, "kwargs": job.kwargs})
-                 for job in jobs}
-    successors: dict[str, list[str]] = {}
-    for job in jobs:
-        for before in job.after:
-            successors.setdefault(before, []).append(job.id)
-    waiting = {job.id: len(job.after) for job in jobs if job.after}
-    ready = [json.loads(documents[job.id]) for job in jobs if not job.after]
+    if isinstance(jobs, plan.TournamentJobs):
+        documents = _tournament_fields(jobs)
+        waiting: dict[str, int] = {}
+        successors: dict[str, list[str]] = {}
+        ready = jobs.first()
+    else:
+        documents = {job.id: json.dumps({"id": job.id, "queue": job.queue,
+                                         "kwargs": job.kwargs}) for job in jobs}
+        successors = {}
+        for job in jobs:
+            for before in job.after:
+                successors.setdefault(before, []).append(job.id)
+        waiting = {job.id: len(job.after) for job in jobs if job.after}
+        ready = [json.loads(documents[job.id]) for job in jobs if not job.after]
 
     with r.pipeline(transaction=False) as pipe:
         for part, mapping in (("jobs", documents), ("deps", waiting),
@@ -107,12 +143,83 @@ def begin(r: redis.Redis, cycle_id: str, jobs: Sequence[Any], ttl_s: int,
             for start in range(0, len(items), 10_000):
                 pipe.hset(name, mapping=dict(items[start:start + 10_000]))
             pipe.expire(name, ttl_s)
-        pipe.set(cycle_key(cycle_id, "remaining"), len(documents), ex=ttl_s)
+        pipe.set(cycle_key(cycle_id, "remaining"), len(jobs), ex=ttl_s)
         pipe.hset(cycle_key(cycle_id, "meta"), mapping={
-            "started": time.time(), "planned": len(documents), **(meta or {})})
+            "started": time.time(), "planned": len(jobs), **(meta or {})})
         pipe.expire(cycle_key(cycle_id, "meta"), ttl_s)
         pipe.execute()
     return None, ready
+
+
+def _tournament_fields(jobs: "plan.TournamentJobs") -> dict[str, str]:
+    """A tournament's jobs hash (its layout: beat/cycle_jobs.lua)."""
+    t = jobs.tournament
+    fields = {"~t": f"{len(t.circle)} {int(t.fixed is not None)} {len(t.rounds)} {t.offset} "
+                    f"{t.stride} {t.round_size}"}
+    fields.update((f"~r{j}", f"{r} {int(flip)}") for j, (r, flip) in enumerate(t.rounds))
+    nodes = list(t.circle) + ([t.fixed] if t.fixed is not None else [])
+    fields.update((f"~n{pos}", name) for pos, name in enumerate(nodes))
+    fields.update((f"~k{pos}", json.dumps(jobs.against[name])) for pos, name in enumerate(nodes))
+    return fields
+
+
+def _stored_tournament(fields: dict[str, str]) -> "plan.TournamentJobs":
+    size, fixed, rounds, offset, stride, _ = map(int, fields["~t"].split())
+    nodes = [fields[f"~n{pos}"] for pos in range(size + fixed)]
+    return plan.TournamentJobs(
+        Tournament(tuple(nodes[:size]), nodes[size] if fixed else None,
+                   tuple((int(r), flip == "1") for r, flip in
+                         (fields[f"~r{j}"].split() for j in range(rounds))), offset, stride),
+        {name: json.loads(fields[f"~k{pos}"]) for pos, name in enumerate(nodes)})
+
+
+def pairs(r: redis.Redis, cycle_id: str) -> Iterable[tuple[str, str]]:
+    """(node, peer) of each of the cycle's jobs that tests a peer (the report's pairs)."""
+    name = cycle_key(cycle_id, "jobs")
+    if r.hexists(name, "~t"):
+        stored = _stored_tournament(r.hgetall(name))
+        for pairs_ in stored.tournament.build():
+            for pair in pairs_:
+                yield pair.client, pair.server
+        return
+    for _, raw in r.hscan_iter(name, count=1000):
+        job = json.loads(raw)
+        peer = job.get("kwargs", {}).get("peer")
+        if peer and job.get("queue", "").startswith("node."):
+            yield job["queue"][len("node."):], peer
+
+
+def jobs(r: redis.Redis, cycle_id: str) -> list[dict[str, Any]]:
+    """Every job document of the cycle (id, queue, kwargs), while its jobs hash lives."""
+    fields = r.hgetall(cycle_key(cycle_id, "jobs"))
+    if "~t" not in fields:
+        return [json.loads(doc) for doc in fields.values()]
+    stored = _stored_tournament(fields)
+    return [stored.doc(j, p, pair) for j, round_ in enumerate(stored.tournament.build())
+            for p, pair in enumerate(round_)]
+
+
+def _marked(r: redis.Redis, cycle_id: str, part: str, ids: Sequence[str]) -> list[bool]:
+    """Whether each job is marked in the cycle's `part` ("done", "sent"): a set of ids, or a
+    tournament's bitmap (beat/cycle_jobs.lua)."""
+    if not ids:
+        return []
+    flags = r.eval(_MARKED, 2, cycle_key(cycle_id, "jobs"), cycle_key(cycle_id, part), *ids)
+    return [bool(flag) for flag in flags]
+
+
+def mark_sent(r: redis.Redis, cycle_id: str, ids: Sequence[str]) -> None:
+    """Note these jobs as sent, for the cycle's lifetime (nothing is left behind when the
+    cycle is gone)."""
+    r.eval(_MARK_SENT, 2, cycle_key(cycle_id, "jobs"), cycle_key(cycle_id, "sent"), *ids)
+
+
+def _docs(r: redis.Redis, cycle_id: str, ids: Sequence[str]) -> list[dict[str, Any]]:
+    """The documents of these jobs of the cycle (those it has)."""
+    if not ids:
+        return []
+    found = r.eval(_DOCS, 1, cycle_key(cycle_id, "jobs"), *ids)
+    return [json.loads(doc) for doc in found if doc]
 
 
 def advance(r: redis.Redis, cycle_id: str, job_id: str, outcome: str,
@@ -182,12 +289,9 @@ def unsent(r: redis.Redis, cycle_id: str) -> list[dict[str, Any]]:
     released = sorted(r.hkeys(cycle_key(cycle_id, "dispatched")))  # the jobs in flight: few
     if not released:
         return []
-    # SMISMEMBER, not SMEMBERS: the sent set holds every job sent so far in a large cycle.
-    sent = r.smismember(cycle_key(cycle_id, "sent"), released)
+    sent = _marked(r, cycle_id, "sent", released)
     missing = [job for job, was_sent in zip(released, sent) if not was_sent]
-    if not missing:
-        return []
-    return [json.loads(doc) for doc in r.hmget(cycle_key(cycle_id, "jobs"), missing) if doc]
+    return _docs(r, cycle_id, missing)
 
 
 def task_id(cycle_id: str, job_id: str) -> str:
@@ -211,11 +315,11 @@ def lost(r: redis.Redis, cycle_id: str) -> list[dict[str, Any]]:
     if not in_flight:
         return []
     ids = sorted(in_flight)
+    was_sent = _marked(r, cycle_id, "sent", ids)
     with r.pipeline(transaction=False) as pipe:
-        pipe.smismember(cycle_key(cycle_id, "sent"), ids)
         for job in ids:
             pipe.exists(key("task", task_id(cycle_id, job)))
-        was_sent, *started = pipe.execute()
+        started = pipe.execute()
     candidates = [job for job, sent_, began in zip(ids, was_sent, started)
                   if sent_ and not began]
     if not candidates:
@@ -228,9 +332,7 @@ def lost(r: redis.Redis, cycle_id: str) -> list[dict[str, Any]]:
         *queued, fetched = pipe.execute()
     waiting = "\n".join(m for messages in [*queued, fetched] for m in messages)
     missing = [job for job in candidates if f'"{task_id(cycle_id, job)}"' not in waiting]
-    if not missing:
-        return []
-    return [json.loads(doc) for doc in r.hmget(cycle_key(cycle_id, "jobs"), missing) if doc]
+    return _docs(r, cycle_id, missing)
 
 
 def job_state(r: redis.Redis, cycle_id: str, job_id: str) -> str:
@@ -240,8 +342,8 @@ def job_state(r: redis.Redis, cycle_id: str, job_id: str) -> str:
     compared."""
     with r.pipeline(transaction=False) as pipe:
         pipe.get(cycle_key(cycle_id, "remaining"))
-        pipe.sismember(cycle_key(cycle_id, "done"), job_id)
-        remaining, done = pipe.execute()
+        pipe.eval(_MARKED, 2, cycle_key(cycle_id, "jobs"), cycle_key(cycle_id, "done"), job_id)
+        remaining, (done,) = pipe.execute()
     return "gone" if int(remaining or 0) <= 0 else "done" if done else "pending"
 
 
@@ -286,13 +388,5 @@ def send(app, cycle_id: str, jobs: Iterable[dict[str, Any]],
                       ignore_result=True)
         sent.append(job["id"])
     if sent and r is not None:
-        name = cycle_key(cycle_id, "sent")
-        with r.pipeline(transaction=False) as pipe:
-            pipe.sadd(name, *sent)
-            pipe.pttl(cycle_key(cycle_id, "jobs"))
-            _, ttl = pipe.execute()
-        if ttl and ttl > 0:
-            r.pexpire(name, ttl)
-        else:
-            r.delete(name)  # the cycle is gone: leave nothing behind
+        mark_sent(r, cycle_id, sent)
     return len(sent)

@@ -18,9 +18,11 @@ earlier tests each one waits for. Deterministic for a given registry and cycle n
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, NamedTuple, Sequence
 
-from beat.rounds import Pair, gc_paused, mesh_rounds, sampled_rounds, tournament_size
+from beat.rounds import (Pair, Tournament, gc_paused, mesh_tournament, sampled_tournament,
+                         tournament_size)
 from workers.config import Settings
 from workers.defaults import SHARED_QUEUE
 
@@ -104,12 +106,61 @@ def sampled_rate(settings: Settings, n_nodes: int) -> SampledRate:
 
 
 @dataclass(frozen=True)
+class TournamentJobs:
+    """A tournament cycle's jobs by formula, what beat.cycles stores instead of the jobs: O(N)
+    for a mesh of N(N−1)/2 jobs. Job ``r<j>p<p>`` is pair p of the cycle's round j (its
+    beat.rounds.Tournament); its client runs the test against the server's kwargs
+    (`against`, per node) on the client's queue, and it waits for the previous job of each of
+    its two nodes (:meth:`jobs` makes them all, as Jobs)."""
+
+    tournament: Tournament
+    against: dict[str, dict[str, Any]]   # node → a test against it: its kwargs
+
+    def __len__(self) -> int:
+        return len(self.tournament)
+
+    def doc(self, j: int, p: int, pair: Pair) -> dict[str, Any]:
+        """Job r<j>p<p>'s document (id, queue, kwargs), as a cycle stores and sends it."""
+        return {"id": f"r{j}p{p}", "queue": f"node.{pair.client}",
+                "kwargs": self.against[pair.server]}
+
+    def first(self) -> list[dict[str, Any]]:
+        """The documents of the jobs that wait for nothing (both nodes' first job): only the
+        first round or two are looked at."""
+        nodes = len(self.tournament.circle) + (self.tournament.fixed is not None)
+        seen: set[str] = set()
+        ready = []
+        for j in range(len(self.tournament.rounds)):
+            if len(seen) >= nodes:
+                break
+            for p, pair in enumerate(self.tournament.round(j)):
+                if pair.client not in seen and pair.server not in seen:
+                    ready.append(self.doc(j, p, pair))
+                seen.update((pair.client, pair.server))
+        return ready
+
+    def jobs(self) -> tuple[Job, ...]:
+        return _round_jobs(self.tournament.build(), self.against)
+
+
+@dataclass(frozen=True)
 class Plan:
     strategy: str
-    jobs: tuple[Job, ...]
+    stored: "tuple[Job, ...] | TournamentJobs"  # the jobs, or a tournament's by formula
     expected_s: float     # how long the cycle should take at most, in seconds
     lower_bound_s: float = 0.0  # how long it takes at least: its sequential tests' lengths
     rate: SampledRate | None = None  # sampled: its rate and guaranteed sample age
+
+    @cached_property
+    def jobs(self) -> tuple[Job, ...]:
+        """Every job, made on first use (half a million for a 1,000-node mesh: beat stores the
+        formula, `stored`, and never makes them)."""
+        return self.stored if isinstance(self.stored, tuple) else self.stored.jobs()
+
+    @property
+    def planned(self) -> int:
+        """How many jobs the cycle runs (without making them)."""
+        return len(self.stored)
 
     def ttl_s(self, interval_s: int) -> int:
         """Seconds the cycle guard lives: twice the expected length plus one interval, so a
@@ -147,12 +198,10 @@ def aggregate(settings: Settings, nodes: Sequence[dict[str, Any]]) -> Plan:
                 len(collectors) * directions * settings.poll_length_s)
 
 
-def from_rounds(strategy: str, rounds: Sequence[Sequence[Pair]],
-                nodes: dict[str, dict[str, Any]], settings: Settings) -> Plan:
-    """Jobs for tournament rounds: the client runs the test against the server's address; each
-    job waits for the previous job of each of its two nodes, nothing else."""
-    # Per node once: what a test against it sends and its queue. Jobs share these dicts
-    # (nobody mutates a planned job).
+def _against(nodes: dict[str, dict[str, Any]], strategy: str,
+             settings: Settings) -> dict[str, dict[str, Any]]:
+    """Per node once: what a test against it sends. Jobs share these dicts (nobody mutates a
+    planned job)."""
     against: dict[str, dict[str, Any]] = {}
     for name, node in nodes.items():
         kwargs = {"target": node["address"], "name": name, "peer": name, "mode": strategy,
@@ -161,7 +210,14 @@ def from_rounds(strategy: str, rounds: Sequence[Sequence[Pair]],
         if port:
             kwargs["port"] = port
         against[name] = kwargs
-    queues = {name: f"node.{name}" for name in nodes}
+    return against
+
+
+def _round_jobs(rounds: Sequence[Sequence[Pair]],
+                against: dict[str, dict[str, Any]]) -> tuple[Job, ...]:
+    """Jobs for tournament rounds: the client runs the test against the server's kwargs; each
+    job waits for the previous job of each of its two nodes, nothing else."""
+    queues = {name: f"node.{name}" for name in against}
     last: dict[str, str] = {}
     jobs = []
     get = last.get
@@ -182,13 +238,28 @@ def from_rounds(strategy: str, rounds: Sequence[Sequence[Pair]],
                     after = no_wait
                 jobs.append(make(Job, (job_id, queues[client], against[server], after)))
                 last[client] = last[server] = job_id
-    return Plan(strategy, tuple(jobs), len(rounds) * _job_seconds(settings, 2),
-                len(rounds) * 2 * settings.poll_length_s)
+    return tuple(jobs)
+
+
+def from_rounds(strategy: str, rounds: Sequence[Sequence[Pair]],
+                nodes: dict[str, dict[str, Any]], settings: Settings) -> Plan:
+    """Jobs for tournament rounds (made now; beat stores a tournament's formula instead,
+    `tournament_plan`)."""
+    return Plan(strategy, _round_jobs(rounds, _against(nodes, strategy, settings)),
+                len(rounds) * _job_seconds(settings, 2), len(rounds) * 2 * settings.poll_length_s)
+
+
+def tournament_plan(strategy: str, tournament: Tournament, nodes: dict[str, dict[str, Any]],
+                    settings: Settings, rate: SampledRate | None = None) -> Plan:
+    """A tournament's jobs by formula (TournamentJobs): none is made until someone asks."""
+    rounds = len(tournament.rounds) if len(tournament) else 0
+    return Plan(strategy, TournamentJobs(tournament, _against(nodes, strategy, settings)),
+                rounds * _job_seconds(settings, 2), rounds * 2 * settings.poll_length_s, rate)
 
 
 def mesh(settings: Settings, nodes: Sequence[dict[str, Any]], cycle: int) -> Plan:
     by_name = {n["name"]: n for n in nodes}
-    return from_rounds("mesh", mesh_rounds(list(by_name), cycle), by_name, settings)
+    return tournament_plan("mesh", mesh_tournament(list(by_name), cycle), by_name, settings)
 
 
 def sampled(settings: Settings, nodes: Sequence[dict[str, Any]], cycle: int) -> Plan:
@@ -197,12 +268,11 @@ def sampled(settings: Settings, nodes: Sequence[dict[str, Any]], cycle: int) -> 
              for name, node in by_name.items()]
     rate = sampled_rate(settings, len(by_name))
     if rate.spread == 1:
-        rounds = sampled_rounds(zones, rate.rounds, cycle)
+        tournament = sampled_tournament(zones, rate.rounds, cycle)
     else:  # round ⌊c/m⌋ of the rotation, its pairs p ≡ c (mod m): each node once in m cycles
-        rounds = [pairs[cycle % rate.spread::rate.spread]
-                  for pairs in sampled_rounds(zones, 1, cycle // rate.spread)]
-    built = from_rounds("sampled", rounds, by_name, settings)
-    return Plan(built.strategy, built.jobs, built.expected_s, built.lower_bound_s, rate)
+        tournament = sampled_tournament(zones, 1, cycle // rate.spread).spread(
+            cycle % rate.spread, rate.spread)
+    return tournament_plan("sampled", tournament, by_name, settings, rate)
 
 
 def plan_cycle(settings: Settings, nodes: Sequence[dict[str, Any]], cycle: int = 0) -> Plan:

@@ -36,7 +36,8 @@ from typing import TypeVar
 
 _T = TypeVar("_T")
 
-__all__ = ["Pair", "max_sample_age_cycles", "mesh_rounds", "sampled_rounds", "tournament_size"]
+__all__ = ["Pair", "Tournament", "max_sample_age_cycles", "mesh_rounds", "mesh_tournament",
+           "sampled_rounds", "sampled_tournament", "tournament_size"]
 
 
 @dataclass(frozen=True, order=True, slots=True)
@@ -82,6 +83,65 @@ def max_sample_age_cycles(n_nodes: int, k: int) -> int:
     return -(-rounds // k)
 
 
+@dataclass(frozen=True)
+class Tournament:
+    """A cycle's rounds as the circle method's formula, not as Pairs: the circle's positions,
+    the fixed position's node (``None``: odd N, a bye), and for each of the cycle's rounds
+    its tournament round and orientation. ``offset``/``stride`` keep only the pairs
+    ``offset, offset + stride, …`` of each round (a round spread over several cycles).
+
+    What a cycle stores instead of its jobs (beat.cycles): O(N) however many pairs, and any
+    pair or a node's place in a round follows in O(1) (the same formula runs in
+    beat/cycle_jobs.lua). :meth:`build` gives the Pairs, as :func:`_round` does."""
+
+    circle: tuple[str, ...]                 # positions 0 … L−1 (L odd)
+    fixed: str | None                       # position L (even N), or None (odd N: a bye)
+    rounds: tuple[tuple[int, bool], ...]    # (tournament round r, flipped) of each round
+    offset: int = 0
+    stride: int = 1
+
+    @property
+    def round_size(self) -> int:
+        """Pairs in each of the cycle's rounds."""
+        full = (len(self.circle) + 1) // 2 - (self.fixed is None) if self.circle else 0
+        return len(range(self.offset, full, self.stride))
+
+    def __len__(self) -> int:
+        return len(self.rounds) * self.round_size
+
+    def round(self, j: int) -> list[Pair]:
+        """The cycle's round j."""
+        r, flip = self.rounds[j]
+        pairs = _round(list(self.circle) * 2, self.fixed, r, flip)
+        return pairs[self.offset::self.stride] if self.stride > 1 or self.offset else pairs
+
+    def build(self) -> list[list[Pair]]:
+        doubled = list(self.circle) * 2
+        with gc_paused():
+            built = [_round(doubled, self.fixed, r, flip) for r, flip in self.rounds]
+        if self.stride > 1 or self.offset:
+            built = [pairs[self.offset::self.stride] for pairs in built]
+        return built
+
+    def spread(self, offset: int, stride: int) -> "Tournament":
+        return Tournament(self.circle, self.fixed, self.rounds, offset, stride)
+
+
+_NO_ROUNDS = Tournament((), None, ())
+
+
+def mesh_tournament(nodes: Sequence[str], cycle: int) -> Tournament:
+    """:func:`mesh_rounds` as a formula (see there)."""
+    names = sorted(set(nodes))
+    rounds = tournament_size(len(names))
+    if rounds == 0:
+        return _NO_ROUNDS
+    flip = bool(cycle & 1)
+    doubled, fixed = _circle(names)
+    return Tournament(tuple(doubled[:len(doubled) // 2]), fixed,
+                      tuple(((j + cycle) % rounds, flip) for j in range(rounds)))
+
+
 def mesh_rounds(nodes: Sequence[str], cycle: int) -> list[list[Pair]]:
     """The full mesh for one cycle: every unordered pair of ``nodes`` exactly once.
 
@@ -97,14 +157,7 @@ def mesh_rounds(nodes: Sequence[str], cycle: int) -> list[list[Pair]]:
 
     Deterministic for (set of nodes, cycle): input order and duplicates do not matter.
     """
-    names = sorted(set(nodes))
-    rounds = tournament_size(len(names))
-    if rounds == 0:
-        return []
-    flip = bool(cycle & 1)
-    circle, fixed = _circle(names)
-    with gc_paused():
-        return [_round(circle, fixed, (j + cycle) % rounds, flip) for j in range(rounds)]
+    return mesh_tournament(nodes, cycle).build()
 
 
 def sampled_rounds(nodes: Sequence[tuple[str, str | None]], k: int,
@@ -145,22 +198,27 @@ def sampled_rounds(nodes: Sequence[tuple[str, str | None]], k: int,
     Duplicate names count once (the zone is the smallest label seen for the name, a label
     winning over ``None``). Only the k rounds asked for are built.
     """
+    return sampled_tournament(nodes, k, cycle).build()
+
+
+def sampled_tournament(nodes: Sequence[tuple[str, str | None]], k: int,
+                       cycle: int) -> Tournament:
+    """:func:`sampled_rounds` as a formula (see there)."""
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
     zones = _zones_by_name(nodes)
     rounds = tournament_size(len(zones))
     if rounds == 0:
-        return []
+        return _NO_ROUNDS
     if k >= rounds:
-        return mesh_rounds(list(zones), cycle)
+        return mesh_tournament(list(zones), cycle)
     layout = _zone_layout(zones, k)
     order = _cross_zone_order(tuple(zones[name] for name in layout))
-    circle, fixed = _circle(layout)
+    doubled, fixed = _circle(layout)
     start = cycle * k
-    with gc_paused():
-        return [_round(circle, fixed, order[(start + t) % rounds],
-                       bool(((start + t) // rounds) & 1))
-                for t in range(k)]
+    return Tournament(tuple(doubled[:len(doubled) // 2]), fixed,
+                      tuple((order[(start + t) % rounds], bool(((start + t) // rounds) & 1))
+                            for t in range(k)))
 
 
 # --- the circle method ------------------------------------------------------------------------

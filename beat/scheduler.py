@@ -42,8 +42,8 @@ def emit_cycle(app, r, settings: config.Settings, now: float | None = None,
     nodes = registry.nodes(r)
     number = int(r.get(CYCLE_NUMBER) or 0)
     cycle_plan = plan.plan_cycle(settings, nodes, number)
-    resting = not cycle_plan.jobs and cycle_plan.rate is not None and len(nodes) >= 2
-    if not cycle_plan.jobs and not resting:
+    resting = not cycle_plan.planned and cycle_plan.rate is not None and len(nodes) >= 2
+    if not cycle_plan.planned and not resting:
         raise NothingToMeasure(
             f"schedule {settings.schedule}: " + (
                 f"{len(nodes)} node agent(s) registered" if settings.schedule in
@@ -60,7 +60,7 @@ def emit_cycle(app, r, settings: config.Settings, now: float | None = None,
                  "cycle's share of it is empty", number, cycle_plan.rate.spread)
         return None
     ttl = cycle_plan.ttl_s(settings.poll_interval_s)
-    holder, ready = cycles.begin(r, cycle_id, cycle_plan.jobs, ttl,
+    holder, ready = cycles.begin(r, cycle_id, cycle_plan.stored, ttl,
                                  meta={"strategy": cycle_plan.strategy, "number": number,
                                        "nodes": len(nodes), "interval_s": settings.poll_interval_s,
                                        "lower_bound_s": cycle_plan.lower_bound_s})
@@ -75,7 +75,7 @@ def emit_cycle(app, r, settings: config.Settings, now: float | None = None,
         note_rate(app, r, settings, cycle_plan.rate, len(nodes), now)
     cycles.send(app, cycle_id, ready, r)
     log.info("cycle %s (#%d): %d %s job(s) planned, %d sent", cycle_id, number,
-             len(cycle_plan.jobs), cycle_plan.strategy, len(ready))
+             cycle_plan.planned, cycle_plan.strategy, len(ready))
     return cycle_id
 
 

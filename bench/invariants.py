@@ -36,6 +36,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from beat import cycles
 from workers import metrics
 
 # --- carbon's line port, recorded ------------------------------------------------------------
@@ -183,16 +184,15 @@ class Collector:
             with r.pipeline(transaction=False) as pipe:
                 pipe.hgetall(meta_key)
                 pipe.hgetall(f"cbw:cycle:{cycle}:stats")
-                pipe.hgetall(f"cbw:cycle:{cycle}:jobs")
-                meta, stats, jobs = pipe.execute()
+                meta, stats = pipe.execute()
+            jobs = {job["id"]: job for job in cycles.jobs(r, cycle)}
             entry = s.cycles.setdefault(cycle, {"jobs": {}, "meta": {}, "stats": {},
                                                 "first_seen": now})
             entry["last_seen"] = now
             entry["meta"].update(meta)
             if stats:
                 entry["stats"] = stats
-            for job, doc in jobs.items():
-                entry["jobs"][job] = json.loads(doc)
+            entry["jobs"].update(jobs)
 
     def _ledger(self, r, s: Samples) -> None:
         names = [n for n in r.scan_iter("cbw:task:*", count=1000)

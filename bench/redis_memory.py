@@ -60,7 +60,7 @@ def run_cycle(r: redis.Redis, settings: config.Settings, cycle_id: str) -> dict[
     nodes = registry.nodes(r)
     started = time.perf_counter()
     cycle = plan.plan_cycle(settings, nodes, 0)
-    holder, _ = cycles.begin(r, cycle_id, cycle.jobs, cycle.ttl_s(settings.poll_interval_s),
+    holder, _ = cycles.begin(r, cycle_id, cycle.stored, cycle.ttl_s(settings.poll_interval_s),
                              meta={"strategy": cycle.strategy, "number": 0})
     begin_s = time.perf_counter() - started
     assert holder is None, holder

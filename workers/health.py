@@ -109,12 +109,8 @@ def _sample_age_lines(r: redis.Redis, cycle_id: str, base: str, now: float) -> l
 
 
 def _planned_flows(r: redis.Redis, cycle_id: str) -> set[tuple[str, str]]:
-    """Both directions of every node pair the cycle's jobs test (read in batches)."""
+    """Both directions of every node pair the cycle's jobs test."""
     found = set()
-    for _, raw in r.hscan_iter(cycles.cycle_key(cycle_id, "jobs"), count=1000):
-        job = json.loads(raw)
-        peer = job.get("kwargs", {}).get("peer")
-        if peer and job.get("queue", "").startswith("node."):
-            node = job["queue"][len("node."):]
-            found.update({(node, peer), (peer, node)})
+    for node, peer in cycles.pairs(r, cycle_id):
+        found.update({(node, peer), (peer, node)})
     return found

@@ -15,3 +15,13 @@ def redis_server() -> Iterator[RedisServer]:
     require("redis-server")
     with RedisServer() as server:
         yield server
+
+
+@pytest.fixture
+def r(redis_server):
+    """A client of the session's redis-server, emptied first (a test file may define its own)."""
+    from workers import store
+
+    client = store.client(redis_server.url)
+    client.flushdb()
+    return client

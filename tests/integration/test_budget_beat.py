@@ -45,8 +45,7 @@ def _run_cycle(env, number: int) -> tuple[str | None, list[dict]]:
     cycle_id = scheduler.emit_cycle(app, env.redis, env.settings, now=now)
     jobs = []
     if cycle_id:
-        jobs = [json.loads(doc) for doc in
-                env.redis.hgetall(cycles.cycle_key(cycle_id, "jobs")).values()]
+        jobs = cycles.jobs(env.redis, cycle_id)
         pending = sorted(job["id"] for job in jobs)
         ended = False
         for job_id in sorted(pending, key=lambda j: tuple(map(int, j[1:].split("p")))):

@@ -21,13 +21,6 @@ def redis_url(redis_server):
     return redis_server.url
 
 
-@pytest.fixture
-def r(redis_url):
-    client = store.client(redis_url)
-    client.flushdb()
-    return client
-
-
 def mesh_result(start, down=95e6, up=90e6, *, node="h1", peer="h2", failed=None, expired=False):
     def direction(bps, offset):
         if failed:
