@@ -16,6 +16,7 @@ import time
 from typing import Any, Callable
 
 import redis as redis_errors
+from celery.app.trace import get_actual_ignore_result
 from celery.exceptions import Retry
 
 from beat import cycles
@@ -120,7 +121,7 @@ def _hand_over(task, redis, request: jobs.Request, task_id: str, result: dict[st
             raise
         countdown = min(2 ** tries, HAND_OVER_BACKOFF_CAP)
         log.error("test %s: hand-over failed (%s); retried in %s s", task_id, exc, countdown)
-        raise task.retry(countdown=countdown, max_retries=None, exc=exc)
+        raise _retry(task, countdown=countdown, max_retries=None, exc=exc)
 
 
 def _hand_over_once(redis, request, task_id, result, redelivered) -> None:
@@ -197,7 +198,7 @@ def _measure_exclusively(task, request, settings, redis, task_id, attempt) -> di
         # its queue, where the restarted agent (or beat's skip, if it never returns) finds it.
         ledger.end_attempt(redis, task_id)
         log.info("test %s handed back: this agent is shutting down", task_id)
-        raise task.retry(countdown=1, max_retries=None)
+        raise _retry(task, countdown=1, max_retries=None)
     if lease is None:
         tries = task.request.retries
         if tries < settings.lock_retries:
@@ -205,7 +206,7 @@ def _measure_exclusively(task, request, settings, redis, task_id, attempt) -> di
             countdown = random.uniform(0.5, 1.5) * min(5 * 2 ** tries, LOCK_BACKOFF_CAP)
             log.info("resources %s busy for %s s; requeued in %.1f s", list(resources.names),
                      settings.lock_wait_s, countdown)
-            raise task.retry(countdown=countdown, max_retries=settings.lock_retries)
+            raise _retry(task, countdown=countdown, max_retries=settings.lock_retries)
         why = ("stayed busy" if last_busy[-1:] != [locks.UNREPLICATED] else
                f"could not be confirmed on {settings.redis_replicas_wait} Redis replica(s)")
         return jobs.not_run(request, settings, Reason.SKIPPED,
@@ -222,6 +223,15 @@ def _measure_exclusively(task, request, settings, redis, task_id, attempt) -> di
         log.warning("the lock of test %s expired before it finished (or could not be "
                     "checked): result flagged", task_id)
     return result
+
+
+def _retry(task, **options: Any) -> Retry:
+    """task.retry, keeping the message's ignore_result: Celery's retry builds the new message
+    from the request without it (celery.app.task.Context.as_execution_options), so a cycle
+    job sent with ignore_result (beat.cycles.send) would come back storing a result record
+    for a day, and the keyspace would grow with every requeued test (the chaos campaign's key
+    count did). An ad-hoc test keeps its record."""
+    return task.retry(ignore_result=get_actual_ignore_result(task, task.request), **options)
 
 
 class _Leaving(Exception):

@@ -6,7 +6,7 @@ import json
 
 from lab import stack
 from tests.conftest import wait_until
-from workers import store
+from workers import ledger, store
 
 
 def test_resources_busy_past_the_bound_are_requeued_then_skipped(make_lab):
@@ -34,3 +34,16 @@ def test_resources_busy_past_the_bound_are_requeued_then_skipped(make_lab):
                                                          from_="-10min"), 15, what="status")
     assert code == 10
     assert redis.get(f"cbw:lock:srv:iperf3:{address}:5201") == "other-test"
+
+    # A scheduled test (sent as beat sends a cycle's job: no result record) that is requeued
+    # must not come back storing one: Celery's retry drops the message's ignore_result, and
+    # every requeued cycle job then left a record for a day (the chaos campaign's key count
+    # grew with the tests run). Failed before tasks._retry kept it.
+    task_id = "cycle-x.r0p0"
+    stack.client(lab).send_task("tasks.measure", queue="node.client", task_id=task_id,
+                                kwargs={"target": address, "name": "held2"},
+                                ignore_result=True)
+    wait_until(lambda: ledger.handed_over(redis, task_id), 60, what="the requeued test's end")
+    assert agent.read_log().count("busy for 1 s; requeued") == 2
+    assert not redis.exists(f"celery-task-meta-{task_id}")
+    assert redis.exists(f"celery-task-meta-{result['task_id']}")  # the ad-hoc test's is kept
