@@ -98,15 +98,17 @@ def _hand_over(task, redis, request: jobs.Request, task_id: str, result: dict[st
     retried and its retry takes the handed-over path (`redelivered`), which finishes the job
     without measuring again. The hand-over adds the result to the durable result stream once
     per task id (workers.results), however often this runs."""
+    marked = redelivered  # a redelivered test was found in its ledger
     if not redelivered:
         try:
             ledger.mark_handed_over(redis, task_id, result)
+            marked = True
         except Exception as exc:
             log.error("could not record test %s as handed over: %s", task_id, exc)
     try:
         _note_health(result)  # before the advance: the cycle's report reads what it notes
-        _riding_out_failover(lambda: _hand_over_once(redis, request, task_id, result,
-                                                     redelivered))
+        _riding_out_failover(lambda again: _hand_over_once(
+            redis, request, task_id, result, redelivered, check_ledger=again or not marked))
     except Exception as exc:
         tries = task.request.retries
         if isinstance(exc, store.Unreplicated) and tries >= HAND_OVER_RETRIES:
@@ -124,30 +126,35 @@ def _hand_over(task, redis, request: jobs.Request, task_id: str, result: dict[st
         raise _retry(task, countdown=countdown, max_retries=None, exc=exc)
 
 
-def _hand_over_once(redis, request, task_id, result, redelivered) -> None:
-    if not ledger.handed_over(redis, task_id):  # lost with a Redis that went away meanwhile
+def _hand_over_once(redis, request, task_id, result, redelivered,
+                    check_ledger: bool) -> None:
+    # Only when the ledger's write may be missing: it failed, or Redis went away since (a
+    # retried step); not on every hand-over, where it was written a moment ago.
+    if check_ledger and not ledger.handed_over(redis, task_id):
         ledger.mark_handed_over(redis, task_id, result)
     results.hand_over(redis, task_id, result)
     _advance_cycle(redis, request, result, redelivered)
     _confirm_replicated(redis, request, task_id, result)
 
 
-def _riding_out_failover(step: Callable[[], None]) -> None:
-    """Run `step`, again while Redis cannot be reached, for up to FAILOVER_RIDE_S: a
-    failover takes Sentinel's down-after time plus an election, and a Celery retry in that
+def _riding_out_failover(step: Callable[[bool], None]) -> None:
+    """Run `step(again)` (`again` False the first time), again while Redis cannot be reached,
+    for up to FAILOVER_RIDE_S: a failover takes Sentinel's down-after time plus an election, and a Celery retry in that
     window cannot even be queued (the broker is the same Redis), which would drop the message
     with its result."""
     deadline = time.monotonic() + FAILOVER_RIDE_S
     pause = 0.5
+    again = False
     while True:
         try:
-            return step()
+            return step(again)
         except (redis_errors.ConnectionError, redis_errors.TimeoutError) as exc:
             if time.monotonic() + pause > deadline:
                 raise
             log.warning("Redis unreachable (%s); handing over again in %.1f s", exc, pause)
             time.sleep(pause)
             pause = min(2 * pause, 5.0)
+            again = True
 
 
 def _confirm_replicated(redis, request: jobs.Request, task_id: str,
